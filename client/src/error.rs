@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a tunnel could not be opened or ended badly. The messages are shown to users as-is.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error(
+        "--relay {0:?} is not host:port (for example 127.0.0.2:8443 or relay.example.com:443)"
+    )]
+    RelayAddr(String),
+    #[error("cannot resolve relay {relay}: {source}")]
+    Resolve {
+        relay: String,
+        source: std::io::Error,
+    },
+    #[error("no CA to verify the relay with: pass --ca FILE or set SAT_CA (after `sat up`, it is {hint})")]
+    NoCa { hint: PathBuf },
+    #[error(transparent)]
+    Transport(#[from] sat_transport::TransportError),
+    /// Neither QUIC nor the TLS fallback reached the relay. Retrying later may help.
+    #[error("cannot reach relay {relay}: QUIC: {quic}; TLS over TCP: {tls}")]
+    Unreachable {
+        relay: String,
+        quic: String,
+        tls: String,
+    },
+    /// The relay or the control plane refused the tunnel; the reason comes from them.
+    #[error("service \"{service}\" refused: {message}")]
+    Refused { service: String, message: String },
+    #[error("tunnel to \"{service}\" failed: {source}")]
+    Io {
+        service: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,18 @@
+//! The user's end of a Satellite tunnel: `sat connect` (stdin/stdout, for OpenSSH's
+//! `ProxyCommand`) and `sat forward` (a local TCP listener). Each tunnel is one QUIC stream to
+//! a relay (ALPN `sat-client/1`); where UDP is blocked, one TLS connection over TCP to the same
+//! port instead, chosen automatically.
+//!
+//! Which relay to use is the caller's choice, given as an address: choosing the nearest one is
+//! a separate concern that plugs in in front of [`Dialer::new`].
+//!
+//! - [`Dialer`] (in `dial`): connects to a relay and opens tunnels, QUIC first, TLS as fallback.
+//! - [`connect`] and [`forward`] (in `tunnel`): the two ways to use a tunnel.
+
+mod dial;
+mod error;
+mod tunnel;
+
+pub use dial::{Dialer, Transport};
+pub use error::ClientError;
+pub use tunnel::{connect, forward};

@@ -1,0 +1,192 @@
+//! The control plane's certificate authority: it signs relay client certificates (uplinks) and
+//! the server certificates of control and, in development, of relays.
+//!
+//! Keys are ECDSA P-256. Leaf certificates carry the names they are valid for as SANs (DNS
+//! names and IP addresses) and an extended key usage for their one role.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::ControlError;
+
+/// What a leaf certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A TLS server: the control plane's uplink listener, a relay's HTTPS listener.
+    Server,
+    /// A TLS client: a relay's uplinks.
+    Client,
+}
+
+/// A PEM certificate and its PEM private key.
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("key_pem", &"***")
+            .finish()
+    }
+}
+
+impl IssuedCert {
+    /// Writes `<stem>.pem` and `<stem>-key.pem` into `dir`, the key readable by its owner only.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), ControlError> {
+        write_file(&dir.join(format!("{stem}.pem")), &self.cert_pem, 0o644)?;
+        write_file(&dir.join(format!("{stem}-key.pem")), &self.key_pem, 0o600)
+    }
+}
+
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("key", &"***").finish()
+    }
+}
+
+impl Ca {
+    /// A new self-signed CA, valid for ten years.
+    pub fn generate(common_name: &str) -> Result<Self, ControlError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params, Duration::from_secs(10 * 365 * 24 * 3600));
+        let key = KeyPair::generate().map_err(pki)?;
+        let cert = params.self_signed(&key).map_err(pki)?;
+        Ok(Self { cert, key })
+    }
+
+    /// Loads a CA from its PEM certificate and key (one the operator provides, or ours).
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, ControlError> {
+        let key = KeyPair::from_pem(key_pem).map_err(pki)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(pki)?;
+        // Re-signing the same parameters with the same key yields an equivalent issuer.
+        let cert = params.self_signed(&key).map_err(pki)?;
+        Ok(Self { cert, key })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Writes `<stem>.pem` and `<stem>-key.pem` into `dir`, the key readable by its owner only.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), ControlError> {
+        IssuedCert {
+            cert_pem: self.cert_pem(),
+            key_pem: self.key_pem(),
+        }
+        .write(dir, stem)
+    }
+
+    /// Issues a leaf certificate for `names` (DNS names or IP addresses; the first is also the
+    /// common name), valid for `lifetime`.
+    pub fn issue(
+        &self,
+        names: &[String],
+        usage: Usage,
+        lifetime: Duration,
+    ) -> Result<IssuedCert, ControlError> {
+        let mut params = CertificateParams::new(names.to_vec()).map_err(pki)?;
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, first);
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![match usage {
+            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        set_validity(&mut params, lifetime);
+        let key = KeyPair::generate().map_err(pki)?;
+        let cert = params.signed_by(&key, &self.cert, &self.key).map_err(pki)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // Back-date a little so that peers with a slightly slow clock accept a fresh certificate.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+}
+
+fn pki(e: rcgen::Error) -> ControlError {
+    ControlError::Pki(e.to_string())
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), ControlError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certs_verify_against_the_ca_and_reload() {
+        let ca = Ca::generate("test CA").unwrap();
+        let leaf = ca
+            .issue(
+                &["relay-1".into(), "127.0.0.2".into()],
+                Usage::Client,
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        assert!(leaf.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let again = Ca::load(&ca.cert_pem(), &ca.key_pem()).unwrap();
+        let other = again
+            .issue(&["x".into()], Usage::Server, Duration::from_secs(60))
+            .unwrap();
+        // Both leaves name the same issuer.
+        let issuer = |pem: &str| {
+            let der = rustls_pemfile_like(pem);
+            let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+            c.issuer().to_string()
+        };
+        assert_eq!(issuer(&leaf.cert_pem), issuer(&other.cert_pem));
+    }
+
+    fn rustls_pemfile_like(pem: &str) -> Vec<u8> {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        p.contents
+    }
+}

@@ -1,0 +1,24 @@
+//! The Satellite wire protocol: what relays, the control plane and clients say to each other,
+//! as bytes. This crate does no IO and knows nothing of tokio or sockets; callers feed it bytes
+//! and get frames back (and the other way round), so tests and fuzzers can drive it directly.
+//!
+//! - [`stream`]: the header that opens every data stream (relay → control, client → relay) and
+//!   the accept/reject answer that comes back.
+//! - [`control`]: frames of the control channel, the first stream of each uplink.
+//! - [`liveness`]: heartbeat timing, as a state machine over an explicit `now`.
+//!
+//! The format is documented in `docs/protocol.md`, with the rule for bumping its version.
+
+pub mod control;
+mod error;
+pub mod liveness;
+pub mod stream;
+
+pub use error::DecodeError;
+
+/// ALPN of uplinks (relay → control plane). The digit is the major protocol version.
+pub const ALPN_UPLINK: &[u8] = b"sat/1";
+/// ALPN of user tunnels (`sat connect` → relay), over QUIC or over the TLS fallback.
+pub const ALPN_CLIENT: &[u8] = b"sat-client/1";
+/// Version byte carried in every stream header; see `docs/protocol.md` for when it changes.
+pub const VERSION: u8 = 1;

@@ -1,0 +1,157 @@
+//! Tunnels from `sat connect` / `sat forward`: over QUIC (ALPN `sat-client/1`, one stream per
+//! tunnel), or over one TLS connection per tunnel where UDP is blocked. Either way the relay
+//! reads the client's header, opens a stream to the control plane, and splices. The control
+//! plane's answer passes through to the client untouched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, RecvStream, SendStream};
+use sat_proto::stream::{ClientHeader, RejectCode, Response, StreamHeader, StreamKind};
+use sat_transport::{header, splice};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::relay::Relay;
+
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one client QUIC connection: each bidirectional stream is a tunnel.
+pub async fn serve_quic(incoming: quinn::Incoming, relay: Arc<Relay>, stop: CancellationToken) {
+    let peer = incoming.remote_address();
+    let conn: Connection = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => return debug!(%peer, "client handshake failed: {e}"),
+    };
+    loop {
+        let (send, recv) = tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => return debug!(%peer, "client connection closed: {e}"),
+            },
+            // Draining: take no new tunnels; the ones in flight keep the connection open
+            // until they end.
+            () = stop.cancelled() => return,
+        };
+        let span = info_span!("tunnel", %peer, via = "quic");
+        relay
+            .users
+            .spawn(quic_tunnel(send, recv, peer, relay.clone()).instrument(span));
+    }
+}
+
+async fn quic_tunnel(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: SocketAddr,
+    relay: Arc<Relay>,
+) {
+    let (hello, first) = match header::read(&mut recv, ClientHeader::decode, HEADER_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => return refuse_quic(&mut send, RejectCode::BadHeader, e.to_string()).await,
+    };
+    let (mut up_send, mut up_recv) = match open_upstream(&relay, &hello, peer).await {
+        Ok(pair) => pair,
+        Err((code, msg)) => return refuse_quic(&mut send, code, msg).await,
+    };
+    let _guard = relay.stream_guard();
+    let result = splice::quic((&mut send, &mut recv), (&mut up_send, &mut up_recv), first).await;
+    log_end(&hello.service, result);
+}
+
+/// Serves one TLS connection that negotiated `sat-client/1`: a single tunnel.
+pub async fn serve_tls<S>(stream: S, peer: SocketAddr, relay: Arc<Relay>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let (hello, first) = match header::read(&mut r, ClientHeader::decode, HEADER_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => return refuse_io(&mut w, RejectCode::BadHeader, e.to_string()).await,
+    };
+    let (mut up_send, mut up_recv) = match open_upstream(&relay, &hello, peer).await {
+        Ok(pair) => pair,
+        Err((code, msg)) => return refuse_io(&mut w, code, msg).await,
+    };
+    let _guard = relay.stream_guard();
+    let result = splice::io(r, w, &mut up_send, &mut up_recv, first).await;
+    log_end(&hello.service, result);
+}
+
+/// Checks the service against the pushed config and opens its stream to the control plane.
+async fn open_upstream(
+    relay: &Relay,
+    hello: &ClientHeader,
+    peer: SocketAddr,
+) -> Result<(SendStream, RecvStream), (RejectCode, String)> {
+    let service = &hello.service;
+    let routes = relay.routes().ok_or((
+        RejectCode::NoUplink,
+        format!(
+            "relay {} has no configuration from the control plane yet; retry shortly",
+            relay.name
+        ),
+    ))?;
+    match routes.kind(service) {
+        Some(StreamKind::Tcp) => {}
+        Some(StreamKind::Http) => {
+            return Err((
+                RejectCode::WrongKind,
+                format!(
+                    "service \"{service}\" is an HTTP service; open it in a browser or with curl"
+                ),
+            ))
+        }
+        None => {
+            return Err((
+                RejectCode::UnknownService,
+                format!("unknown service \"{service}\""),
+            ))
+        }
+    }
+    let header = StreamHeader {
+        kind: StreamKind::Tcp,
+        service: service.clone(),
+        user_addr: peer,
+        identity: String::new(),
+    };
+    relay.uplinks.open(&header).await.ok_or((
+        RejectCode::NoUplink,
+        format!(
+            "relay {} has no uplink to the control plane; retry shortly",
+            relay.name
+        ),
+    ))
+}
+
+fn log_end(service: &str, result: Result<splice::Moved, splice::SpliceError>) {
+    match result {
+        Ok(moved) => debug!(
+            service,
+            up = moved.into_quic,
+            down = moved.out_of_quic,
+            "tunnel closed"
+        ),
+        Err(e) => debug!(service, "tunnel aborted: {e}"),
+    }
+}
+
+fn encode_refusal(code: RejectCode, message: String) -> Bytes {
+    info!("tunnel refused: {message}");
+    let mut buf = BytesMut::new();
+    Response::reject(code, message).encode(&mut buf);
+    buf.freeze()
+}
+
+async fn refuse_quic(send: &mut SendStream, code: RejectCode, message: String) {
+    let _ = send.write_all(&encode_refusal(code, message)).await;
+    let _ = send.finish();
+}
+
+async fn refuse_io<W: AsyncWrite + Unpin>(w: &mut W, code: RejectCode, message: String) {
+    let _ = w.write_all(&encode_refusal(code, message)).await;
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,216 @@
+//! `relay.toml`. See `docs/configuration.md` for the annotated format.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sat_proto::stream::validate_service_name;
+use sat_transport::tls::TlsFiles;
+use serde::Deserialize;
+
+use crate::RelayError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub relay: RelaySection,
+    pub uplink: UplinkSection,
+    pub tls: TlsFiles,
+    pub https: Option<HttpsSection>,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub tcp: Vec<TcpPort>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    pub name: String,
+    pub region: String,
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    pub control: Vec<SocketAddr>,
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsSection {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "yes")]
+    pub quic: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: Option<SocketAddr>,
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            header_timeout: default_header_timeout(),
+            max_header_size: default_max_header_size(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpPort {
+    pub service: String,
+    pub listen: SocketAddr,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_server_name() -> String {
+    "sat-control".into()
+}
+fn default_connections() -> usize {
+    2
+}
+fn yes() -> bool {
+    true
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_size() -> usize {
+    16 * 1024
+}
+
+impl RelayConfig {
+    pub fn load(path: &Path) -> Result<Self, RelayError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RelayError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, RelayError> {
+        let err = |message: String| RelayError::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let mut config: Self = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        config.validate().map_err(err)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.tls.resolve(&base);
+        if let Some(https) = &mut config.https {
+            for p in [&mut https.cert, &mut https.key] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.relay.name.is_empty() {
+            return Err("relay.name: must not be empty".into());
+        }
+        if self.relay.region.is_empty() {
+            return Err("relay.region: must not be empty".into());
+        }
+        if self.uplink.control.is_empty() {
+            return Err("uplink.control: list at least one control plane address".into());
+        }
+        if !(1..=16).contains(&self.uplink.connections) {
+            return Err(format!(
+                "uplink.connections: {} is out of range; use 1 to 16 (2 is the default)",
+                self.uplink.connections
+            ));
+        }
+        if !(8192..=1024 * 1024).contains(&self.http.max_header_size) {
+            return Err(format!(
+                "http.max_header_size: {} is out of range; use 8192 to 1048576 bytes",
+                self.http.max_header_size
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tcp.iter().enumerate() {
+            validate_service_name(&t.service).map_err(|e| format!("tcp[{i}].service: {e}"))?;
+            if !seen.insert(t.listen) {
+                return Err(format!("tcp[{i}].listen: {} is used twice", t.listen));
+            }
+        }
+        if self.https.is_none() && self.http.listen.is_none() && self.tcp.is_empty() {
+            return Err(
+                "nothing to serve: configure [https], http.listen, or a [[tcp]] port".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [relay]
+        name = "relay-eu-1"
+        region = "eu-west"
+        [uplink]
+        control = ["127.0.0.1:4433"]
+        [tls]
+        ca = "ca.pem"
+        cert = "relay.pem"
+        key = "relay-key.pem"
+        [https]
+        listen = "127.0.0.2:8443"
+        cert = "https.pem"
+        key = "https-key.pem"
+        [http]
+        header_timeout = "1s"
+        [[tcp]]
+        service = "ssh"
+        listen = "127.0.0.2:2222"
+    "#;
+
+    fn parse(text: &str) -> Result<RelayConfig, String> {
+        RelayConfig::parse(text, Path::new("/etc/sat/relay.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.uplink.connections, 2);
+        assert_eq!(c.relay.drain_grace, Duration::from_secs(30));
+        assert_eq!(c.http.header_timeout, Duration::from_secs(1));
+        let https = c.https.unwrap();
+        assert!(https.quic);
+        assert_eq!(https.cert, PathBuf::from("/etc/sat/https.pem"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&GOOD.replace("region =", "regoin =")).unwrap_err();
+        assert!(e.contains("regoin") && e.contains("relay.toml"), "{e}");
+        let e = parse(&GOOD.replace("[uplink]", "[uplink]\nconnections = 0")).unwrap_err();
+        assert!(e.contains("uplink.connections"), "{e}");
+        let e = parse(&GOOD.replace("\"ssh\"", "\"SSH\"")).unwrap_err();
+        assert!(e.contains("tcp[0].service"), "{e}");
+    }
+}

@@ -1,0 +1,29 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Failures of the relay as a whole. Per-connection failures never surface here: they become
+/// an HTTP status or a refused tunnel for that one user.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The operator's config is wrong; the message names the file and key.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A listen address could not be bound: in use, or not an address of this machine.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// Certificates or keys could not be loaded. Check the `[tls]` and `[https]` files.
+    #[error(transparent)]
+    Transport(#[from] sat_transport::TransportError),
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+}

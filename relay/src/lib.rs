@@ -1,0 +1,178 @@
+//! A Satellite relay: it takes users' HTTPS, HTTP, TCP and `sat connect` traffic in its region
+//! and carries each connection or request over one QUIC stream to the control plane, on one of
+//! several uplinks. It holds no backend addresses; it knows services by name and host only,
+//! from what the control plane pushes.
+//!
+//! - [`config`]: `relay.toml`, validated before anything binds.
+//! - [`Sockets`] (in `listen`): binding, done by the caller; the HTTPS and HTTP accept loops.
+//! - [`run`]: the service entry point.
+//! - `uplink`: QUIC connections to the control plane, reconnection, heartbeats, config.
+//! - `http`: routing by Host, forwarding headers, one stream per request.
+//! - `tcp` and `client`: tunnels from relay TCP ports and from `sat connect`.
+
+mod client;
+pub mod config;
+mod error;
+mod http;
+mod listen;
+mod relay;
+mod routes;
+mod tcp;
+mod uplink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Endpoint, EndpointConfig, TokioRuntime};
+use sat_transport::tls::{self, Identity, QuicLimits};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::RelayConfig;
+pub use error::RelayError;
+pub use listen::Sockets;
+
+use relay::Relay;
+use uplink::Lifecycle;
+
+/// Runs a relay until `shutdown` is cancelled, then drains: listeners close, the control plane
+/// is told, connections in flight get `drain_grace` to finish, then the uplinks say goodbye.
+pub async fn run(
+    config: RelayConfig,
+    sockets: Sockets,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let (roots, identity) = config.tls.load()?;
+    let uplink_tls = tls::client_config(roots, Some(&identity), &[sat_proto::ALPN_UPLINK])?;
+    let bind: std::net::SocketAddr = if config.uplink.control.iter().any(|a| a.is_ipv6()) {
+        "[::]:0"
+            .parse()
+            .map_err(std::io::Error::other)
+            .map_err(RelayError::Endpoint)?
+    } else {
+        "0.0.0.0:0"
+            .parse()
+            .map_err(std::io::Error::other)
+            .map_err(RelayError::Endpoint)?
+    };
+    let mut endpoint = Endpoint::client(bind).map_err(RelayError::Endpoint)?;
+    endpoint.set_default_client_config(tls::quic_client_config(uplink_tls, QuicLimits::UPLINK)?);
+
+    let relay = Arc::new(Relay::new(
+        config.relay.name.clone(),
+        config.relay.region.clone(),
+        config.uplink.server_name.clone(),
+        config.uplink.connections,
+    ));
+    let life = Lifecycle {
+        drain: shutdown.clone(),
+        close: CancellationToken::new(),
+    };
+    let uplinks = TaskTracker::new();
+    for i in 0..config.uplink.connections {
+        let addr = config.uplink.control[i % config.uplink.control.len()];
+        uplinks.spawn(uplink::maintain(
+            i,
+            addr,
+            endpoint.clone(),
+            relay.clone(),
+            life.clone(),
+        ));
+    }
+
+    let listeners = TaskTracker::new();
+    let stop = shutdown.child_token();
+    let https_identity = match &config.https {
+        Some(h) => Some(Identity::load(&h.cert, &h.key)?),
+        None => None,
+    };
+    if let (Some(listener), Some(identity)) = (sockets.https, &https_identity) {
+        let alpn: &[&[u8]] = &[b"h2", b"http/1.1", sat_proto::ALPN_CLIENT];
+        let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(identity, None, alpn)?));
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
+        listeners.spawn(listen::serve_https(
+            listener,
+            acceptor,
+            config.http.clone(),
+            relay.clone(),
+            stop.clone(),
+        ));
+    }
+    let mut client_endpoint = None;
+    if let (Some(socket), Some(identity)) = (sockets.quic, &https_identity) {
+        let tls = tls::server_config(identity, None, &[sat_proto::ALPN_CLIENT])?;
+        let server = tls::quic_server_config(tls, QuicLimits::CLIENT)?;
+        let ep = Endpoint::new(
+            EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(TokioRuntime),
+        )
+        .map_err(RelayError::Endpoint)?;
+        listeners.spawn(accept_clients(ep.clone(), relay.clone(), stop.clone()));
+        client_endpoint = Some(ep);
+    }
+    if let Some(listener) = sockets.http {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
+        listeners.spawn(listen::serve_plain(
+            listener,
+            config.http.clone(),
+            relay.clone(),
+            stop.clone(),
+        ));
+    }
+    for (service, listener) in sockets.tcp {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
+        listeners.spawn(tcp::serve(listener, service, relay.clone(), stop.clone()));
+    }
+
+    shutdown.cancelled().await;
+    relay.draining.cancel();
+    listeners.close();
+    listeners.wait().await;
+    let grace = config.relay.drain_grace;
+    info!(
+        in_flight = relay.users.len(),
+        ?grace,
+        "draining: listeners closed; waiting for connections in flight"
+    );
+    relay.users.close();
+    if tokio::time::timeout(grace, relay.users.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            cut = relay.users.len(),
+            "drain grace over; cutting remaining connections"
+        );
+    }
+    life.close.cancel();
+    uplinks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), uplinks.wait()).await;
+    if let Some(ep) = client_endpoint {
+        ep.close(0u32.into(), b"relay stopped");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    info!("relay stopped");
+    Ok(())
+}
+
+async fn accept_clients(endpoint: Endpoint, relay: Arc<Relay>, stop: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(i) => i,
+                None => return,
+            },
+            () = stop.cancelled() => {
+                endpoint.set_server_config(None);
+                return;
+            }
+        };
+        relay
+            .users
+            .spawn(client::serve_quic(incoming, relay.clone(), stop.clone()));
+    }
+}

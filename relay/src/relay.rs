@@ -1,0 +1,98 @@
+//! State shared by every task of one relay process.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use quinn::Connection;
+use sat_proto::control::{ConfigPush, Heartbeat};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::routes::Routes;
+use crate::uplink::{self, Uplinks};
+
+pub struct Relay {
+    pub name: String,
+    pub region: String,
+    /// The name in the control plane's certificate.
+    pub server_name: String,
+    pub uplinks: Uplinks,
+    /// `None` until the first config push arrives.
+    pub routes: watch::Sender<Option<Arc<Routes>>>,
+    /// Cancelled when the relay starts draining.
+    pub draining: CancellationToken,
+    /// Every user connection in flight, so that a drain can wait for them.
+    pub users: TaskTracker,
+    open_streams: AtomicU64,
+    ready: AtomicBool,
+}
+
+impl Relay {
+    pub fn new(name: String, region: String, server_name: String, uplinks: usize) -> Self {
+        Self {
+            name,
+            region,
+            server_name,
+            uplinks: Uplinks::new(uplinks),
+            routes: watch::channel(None).0,
+            draining: CancellationToken::new(),
+            users: TaskTracker::new(),
+            open_streams: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn routes(&self) -> Option<Arc<Routes>> {
+        self.routes.borrow().clone()
+    }
+
+    pub fn apply(&self, push: &ConfigPush) {
+        self.routes.send_if_modified(|current| {
+            if !uplink::newer(current.as_ref().map(|r| r.generation), push) {
+                return false;
+            }
+            info!(
+                generation = push.generation,
+                services = push.services.len(),
+                "config applied"
+            );
+            *current = Some(Arc::new(Routes::from_push(push)));
+            true
+        });
+    }
+
+    /// Logs `relay ready` the first time an uplink is up with a config.
+    pub fn note_ready(&self) {
+        if self.routes.borrow().is_some() && !self.ready.swap(true, Ordering::Relaxed) {
+            info!(relay = %self.name, region = %self.region, "relay ready");
+        }
+    }
+
+    pub fn heartbeat(&self, seq: u64, conn: &Connection) -> Heartbeat {
+        let generation = self.routes.borrow().as_ref().map_or(0, |r| r.generation);
+        uplink::heartbeat(
+            seq,
+            conn,
+            self.open_streams.load(Ordering::Relaxed),
+            self.users.len() as u64,
+            generation,
+            self.draining.is_cancelled(),
+        )
+    }
+
+    /// Counts a stream to the control plane for as long as the guard lives.
+    pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+}
+
+pub struct StreamGuard(Arc<Relay>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}

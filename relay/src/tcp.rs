@@ -1,0 +1,66 @@
+//! A relay TCP port: every connection to it is a tunnel to one TCP service.
+
+use std::sync::Arc;
+
+use sat_proto::stream::{StreamHeader, StreamKind};
+use sat_transport::splice::{self, SpliceError, Start};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::relay::Relay;
+
+pub async fn serve(
+    listener: TcpListener,
+    service: String,
+    relay: Arc<Relay>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    info!("accept on tcp port for {service} failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let span = info_span!("tunnel", %peer, %service);
+        relay
+            .users
+            .spawn(tunnel(tcp, service.clone(), relay.clone()).instrument(span));
+    }
+}
+
+async fn tunnel(tcp: TcpStream, service: String, relay: Arc<Relay>) {
+    let _ = tcp.set_nodelay(true);
+    let Ok(peer) = tcp.peer_addr() else { return };
+    let routes = relay.routes();
+    if routes.as_ref().and_then(|r| r.kind(&service)) != Some(StreamKind::Tcp) {
+        // Unknown to the pushed config (or no config yet): the user gets a plain close.
+        return info!("refused: service \"{service}\" is not a TCP service in the current config");
+    }
+    let header = StreamHeader {
+        kind: StreamKind::Tcp,
+        service,
+        user_addr: peer,
+        identity: String::new(),
+    };
+    let _guard = relay.stream_guard();
+    let Some((mut send, mut recv)) = relay.uplinks.open(&header).await else {
+        return info!("refused: no uplink to the control plane");
+    };
+    match splice::tcp(tcp, &mut send, &mut recv, Start::AwaitAnswer).await {
+        Ok(moved) => debug!(
+            up = moved.into_quic,
+            down = moved.out_of_quic,
+            "tunnel closed"
+        ),
+        Err(SpliceError::Rejected(r)) => info!("refused by control plane: {r}"),
+        Err(e) => debug!("tunnel aborted: {e}"),
+    }
+}

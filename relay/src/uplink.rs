@@ -1,0 +1,304 @@
+//! Uplinks: the relay's QUIC connections to the control plane.
+//!
+//! Each uplink is one task that owns its connection: it connects, says Hello, applies config
+//! pushes, sends heartbeats, and when the connection drops it reconnects with jittered
+//! exponential backoff. The other uplinks keep carrying streams meanwhile. Stream handlers get
+//! a connection from [`Uplinks::open`], which spreads new streams round-robin over the uplinks
+//! that are connected, heard from recently, and not draining.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rand::Rng;
+use sat_proto::control::{ConfigPush, Drain, Frame, FrameDecoder, Goodbye, Heartbeat, Hello};
+use sat_proto::liveness::{HeartbeatSchedule, HEARTBEAT_INTERVAL};
+use sat_proto::stream::StreamHeader;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::relay::Relay;
+
+/// An uplink not heard from for this long gets no new streams, well before QUIC's idle timeout
+/// declares it dead: heartbeats are echoed every second.
+const STALE_AFTER: Duration = Duration::from_millis(2500);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stream handler waits for stream credit on a busy uplink.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Slot {
+    conn: Mutex<Option<Connection>>,
+    /// Milliseconds since `Uplinks::epoch` when this uplink last heard from the control plane.
+    heard_ms: AtomicU64,
+    /// The control plane asked for no new streams on this uplink.
+    draining: AtomicBool,
+}
+
+/// The set of uplinks as stream handlers see it.
+pub struct Uplinks {
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+impl Uplinks {
+    pub fn new(count: usize) -> Self {
+        Self {
+            slots: (0..count).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn heard(&self, i: usize) {
+        self.slots[i]
+            .heard_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn set(&self, i: usize, conn: Option<Connection>) {
+        let slot = &self.slots[i];
+        slot.draining.store(false, Ordering::Relaxed);
+        if let Ok(mut guard) = slot.conn.lock() {
+            *guard = conn;
+        }
+        self.heard(i);
+    }
+
+    /// The next usable uplink, round-robin.
+    fn pick(&self) -> Option<(usize, Connection)> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let stale = STALE_AFTER.as_millis() as u64;
+        (0..n).map(|k| (start + k) % n).find_map(|i| {
+            let slot = &self.slots[i];
+            if slot.draining.load(Ordering::Relaxed)
+                || now.saturating_sub(slot.heard_ms.load(Ordering::Relaxed)) > stale
+            {
+                return None;
+            }
+            let conn = slot.conn.lock().ok()?.clone()?;
+            conn.close_reason().is_none().then_some((i, conn))
+        })
+    }
+
+    /// Opens a stream to the control plane and sends `header` on it. Tries each usable uplink
+    /// once. `None` means no uplink could take it.
+    pub async fn open(&self, header: &StreamHeader) -> Option<(SendStream, RecvStream)> {
+        let mut buf = BytesMut::with_capacity(64);
+        header.encode(&mut buf);
+        for _ in 0..self.slots.len() {
+            let (i, conn) = self.pick()?;
+            match tokio::time::timeout(OPEN_TIMEOUT, conn.open_bi()).await {
+                Ok(Ok((mut send, recv))) => {
+                    if send.write_all(&buf).await.is_ok() {
+                        return Some((send, recv));
+                    }
+                }
+                Ok(Err(e)) => debug!(uplink = i, "cannot open stream: {e}"),
+                Err(_) => warn!(uplink = i, "no stream credit within {OPEN_TIMEOUT:?}"),
+            }
+        }
+        None
+    }
+}
+
+/// Tokens that steer an uplink task through a shutdown.
+#[derive(Clone)]
+pub struct Lifecycle {
+    /// The relay is draining: tell the control plane, keep carrying streams in flight.
+    pub drain: CancellationToken,
+    /// Streams are done or out of time: say goodbye and close.
+    pub close: CancellationToken,
+}
+
+/// Keeps uplink `i` connected to `addr` until told to close.
+pub async fn maintain(
+    i: usize,
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    relay: Arc<Relay>,
+    life: Lifecycle,
+) {
+    let mut backoff = BACKOFF_MIN;
+    while !life.close.is_cancelled() {
+        let attempt = connect(&endpoint, addr, &relay.server_name);
+        let outcome = tokio::select! {
+            r = attempt => r,
+            () = life.close.cancelled() => return,
+        };
+        match outcome {
+            Ok(conn) => {
+                let reason = session(i, addr, &conn, &relay, &life).await;
+                relay.uplinks.set(i, None);
+                if life.close.is_cancelled() {
+                    return;
+                }
+                warn!(uplink = i, "uplink {i} lost: {reason}");
+                backoff = BACKOFF_MIN;
+            }
+            Err(e) => {
+                warn!(uplink = i, %addr, retry_in = ?backoff, "uplink {i} cannot connect: {e}");
+            }
+        }
+        // Full jitter in [backoff/2, backoff]: relays that lost the same replica do not all
+        // come back in the same instant.
+        let wait = rand::thread_rng().gen_range(backoff / 2..=backoff);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = life.close.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<Connection, String> {
+    let connecting = endpoint
+        .connect(addr, server_name)
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// One connected uplink, from Hello to loss or goodbye. Returns why it ended.
+async fn session(
+    i: usize,
+    addr: SocketAddr,
+    conn: &Connection,
+    relay: &Arc<Relay>,
+    life: &Lifecycle,
+) -> String {
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(pair) => pair,
+        Err(e) => return e.to_string(),
+    };
+    let hello = Frame::Hello(Hello {
+        relay: relay.name.clone(),
+        region: relay.region.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uplink: i as u32,
+        capabilities: vec!["tcp".into(), "http".into()],
+    });
+    if let Err(e) = send.write_all(&hello.to_bytes()).await {
+        return e.to_string();
+    }
+    let mut decoder = FrameDecoder::new();
+    match tokio::time::timeout(FIRST_PUSH_TIMEOUT, next_frame(&mut recv, &mut decoder)).await {
+        Ok(Ok(Some(Frame::ConfigPush(push)))) => relay.apply(&push),
+        Ok(Ok(Some(Frame::Goodbye(g)))) => return format!("control plane refused: {}", g.reason),
+        Ok(Ok(other)) => return format!("expected ConfigPush, got {other:?}"),
+        Ok(Err(e)) => return e,
+        Err(_) => return format!("no config within {FIRST_PUSH_TIMEOUT:?}"),
+    }
+    relay.uplinks.set(i, Some(conn.clone()));
+    info!(
+        uplink = i,
+        rtt_us = conn.rtt().as_micros() as u64,
+        "uplink {i} connected to {addr}"
+    );
+    relay.note_ready();
+
+    let mut schedule = HeartbeatSchedule::new(Instant::now().into_std(), HEARTBEAT_INTERVAL);
+    let mut drained = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(schedule.deadline().into()) => {
+                if let Some(seq) = schedule.poll(Instant::now().into_std()) {
+                    let hb = relay.heartbeat(seq, conn);
+                    if let Err(e) = send.write_all(&Frame::Heartbeat(hb).to_bytes()).await {
+                        return e.to_string();
+                    }
+                }
+            }
+            frame = next_frame(&mut recv, &mut decoder) => match frame {
+                Ok(Some(Frame::ConfigPush(push))) => {
+                    relay.uplinks.heard(i);
+                    relay.apply(&push);
+                }
+                Ok(Some(Frame::Heartbeat(_))) => relay.uplinks.heard(i),
+                Ok(Some(Frame::Drain(d))) => {
+                    info!(uplink = i, reason = %d.reason, "control plane asks for no new streams on uplink {i}");
+                    relay.uplinks.slots[i].draining.store(true, Ordering::Relaxed);
+                }
+                Ok(Some(Frame::Goodbye(g))) => return format!("control plane said goodbye: {}", g.reason),
+                Ok(Some(Frame::Unknown(t))) => debug!(frame_type = t, "skipping unknown control frame"),
+                Ok(Some(Frame::Hello(_))) => return "control plane sent Hello".into(),
+                Ok(None) => return "control channel closed".into(),
+                Err(e) => return e,
+            },
+            () = life.drain.cancelled(), if !drained => {
+                drained = true;
+                let drain = Frame::Drain(Drain { reason: "relay is shutting down".into() });
+                let _ = send.write_all(&drain.to_bytes()).await;
+            }
+            () = life.close.cancelled() => {
+                let bye = Frame::Goodbye(Goodbye { reason: "relay is shutting down".into() });
+                let _ = send.write_all(&bye.to_bytes()).await;
+                let _ = send.finish();
+                conn.close(0u32.into(), b"relay shutting down");
+                return "closed".into();
+            }
+            reason = conn.closed() => return reason.to_string(),
+        }
+    }
+}
+
+async fn next_frame(
+    recv: &mut RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Frame>, String> {
+    loop {
+        if let Some(frame) = decoder.next_frame().map_err(|e| e.to_string())? {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("control channel: {e}")),
+        }
+    }
+}
+
+/// Builds a heartbeat from the relay's counters.
+pub(crate) fn heartbeat(
+    seq: u64,
+    conn: &Connection,
+    open_streams: u64,
+    user_connections: u64,
+    generation: u64,
+    draining: bool,
+) -> Heartbeat {
+    Heartbeat {
+        seq,
+        open_streams,
+        user_connections,
+        rtt_us: conn.rtt().as_micros() as u64,
+        generation,
+        draining,
+    }
+}
+
+/// Applies a push if it is newer than what we run.
+pub(crate) fn newer(current: Option<u64>, push: &ConfigPush) -> bool {
+    current.is_none_or(|g| push.generation > g)
+}

@@ -1,0 +1,361 @@
+//! The command line: what each subcommand takes, and how its outcome becomes an exit code.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sat_client::{ClientError, Dialer};
+use sat_control::ControlConfig;
+use sat_relay::RelayConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Exit codes from sysexits(3), so scripts can tell a bad config from an unreachable relay.
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_UNAVAILABLE: u8 = 69;
+pub const EXIT_SOFTWARE: u8 = 70;
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "sat",
+    version,
+    about = "Satellite: a geo-distributed edge relay network",
+    long_about = "Satellite puts relays (\"satellites\") in each region in front of your web \
+apps and SSH/TCP services. Users reach the nearest relay; the relay carries each connection \
+over QUIC to the control plane at your primary site, which hands it to the backend.\n\n\
+Start with `sat up`: the whole network on this machine, with a demo app to try.",
+    after_help = "Logs go to stderr; set SAT_LOG=debug (or any tracing filter) for more."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the whole network on this machine: a control plane, relays on 127.0.0.2-4 as the
+    /// regions us-east, eu-west and ap-south, a demo web app and a TCP echo service.
+    ///
+    /// It creates a development CA and certificates in the data directory, writes the configs
+    /// it runs from there too, and prints commands to paste. Ctrl-C drains and stops
+    /// everything.
+    Up {
+        /// Where the CA, certificates and configs live [default: ~/.local/share/sat/up]
+        #[arg(long, env = "SAT_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// How many relays (regions) to run, 1 to 3.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+        relays: u8,
+    },
+    /// Run a control-plane replica from a TOML config (see docs/configuration.md).
+    ///
+    /// SIGTERM drains: relays are told to send new work elsewhere and streams in flight get
+    /// `drain_grace` to finish. SIGINT stops at once.
+    Control {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a relay from a TOML config (see docs/configuration.md).
+    ///
+    /// SIGTERM drains: listeners close, connections in flight get `drain_grace` to finish.
+    /// SIGINT stops at once.
+    Relay {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Tunnel stdin/stdout to a TCP service through a relay, for OpenSSH's ProxyCommand:
+    ///
+    ///   ssh -o ProxyCommand='sat connect ssh --relay relay.example.com:443' user@host
+    ///
+    /// Uses QUIC to the relay, or TLS over TCP on the same port when UDP is blocked.
+    Connect {
+        /// The service's name, as configured on the control plane.
+        service: String,
+        #[command(flatten)]
+        relay: RelayArgs,
+    },
+    /// Listen on a local address and tunnel each connection to a TCP service:
+    ///
+    ///   sat forward 127.0.0.1:5432 postgres --relay relay.example.com:443
+    Forward {
+        /// Local address to listen on, such as 127.0.0.1:2222.
+        local_addr: String,
+        /// The service's name, as configured on the control plane.
+        service: String,
+        #[command(flatten)]
+        relay: RelayArgs,
+    },
+    /// Check a control or relay config without starting anything: syntax, unknown keys,
+    /// values, and that the certificate files load. Exits 0 if good, 64 if not.
+    CheckConfig {
+        /// The file to check; [control] or [relay] at the top tells which kind it is.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct RelayArgs {
+    /// The relay, as host:port (its HTTPS port, which also serves QUIC).
+    #[arg(long, env = "SAT_RELAY")]
+    relay: String,
+    /// CA bundle that signed the relay's certificate [default: the `sat up` CA, if present]
+    #[arg(long, env = "SAT_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl Command {
+    /// `sat connect` runs under ssh, whose terminal must not fill with our info lines.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } | Self::CheckConfig { .. } => "warn",
+            _ => "info",
+        }
+    }
+
+    pub async fn run(self) -> u8 {
+        match self {
+            Self::Up { data_dir, relays } => up(data_dir, relays).await,
+            Self::Control { config } => control(&config).await,
+            Self::Relay { config } => relay(&config).await,
+            Self::Connect { service, relay } => connect(&service, &relay).await,
+            Self::Forward {
+                local_addr,
+                service,
+                relay,
+            } => forward(&local_addr, service, &relay).await,
+            Self::CheckConfig { file } => check_config(&file),
+        }
+    }
+}
+
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Turns SIGTERM into `drain` and SIGINT into `drain` plus, on a second SIGINT or for
+/// components that stop fast, an immediate exit.
+fn signals(fast_on_sigint: bool) -> CancellationToken {
+    let drain = CancellationToken::new();
+    let token = drain.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return error!("cannot install signal handlers");
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: draining"),
+            _ = int.recv() => {
+                if fast_on_sigint {
+                    info!("SIGINT: stopping now");
+                    std::process::exit(0);
+                }
+                info!("SIGINT: draining (Ctrl-C again to stop at once)");
+            }
+        }
+        token.cancel();
+        if int.recv().await.is_some() {
+            warn!("second SIGINT: stopping now");
+            std::process::exit(130);
+        }
+    });
+    drain
+}
+
+async fn up(data_dir: Option<PathBuf>, relays: u8) -> u8 {
+    let opts = sat_devnet::UpOptions {
+        data_dir: data_dir.unwrap_or_else(sat_devnet::default_data_dir),
+        relays: relays.into(),
+        sat_exe: std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "sat".into()),
+    };
+    match sat_devnet::run(opts, signals(false)).await {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("sat up: {e}");
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+async fn control(path: &Path) -> u8 {
+    let config = match ControlConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    let socket = match std::net::UdpSocket::bind(config.control.listen) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "sat control: cannot listen on {} (udp): {e}",
+                config.control.listen
+            );
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    if let Ok(addr) = socket.local_addr() {
+        info!("listening on quic {addr}");
+    }
+    report(
+        sat_control::run(config, socket, signals(true)).await,
+        "control",
+    )
+}
+
+async fn relay(path: &Path) -> u8 {
+    let config = match RelayConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    let sockets = match sat_relay::Sockets::bind(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sat relay: {e}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    report(
+        sat_relay::run(config, sockets, signals(true)).await,
+        "relay",
+    )
+}
+
+fn report<E: std::fmt::Display>(result: Result<(), E>, what: &str) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("sat {what}: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn usage<E: std::fmt::Display>(e: E) -> u8 {
+    eprintln!("sat: {e}");
+    EXIT_USAGE
+}
+
+async fn dialer(args: &RelayArgs) -> Result<Dialer, ClientError> {
+    let ca = match &args.ca {
+        Some(ca) => ca.clone(),
+        None => {
+            let ca = sat_devnet::default_data_dir().join("ca.pem");
+            if !ca.exists() {
+                return Err(ClientError::NoCa { hint: ca });
+            }
+            ca
+        }
+    };
+    Dialer::new(&args.relay, &ca).await
+}
+
+fn client_exit(e: &ClientError) -> u8 {
+    match e {
+        ClientError::RelayAddr(_) | ClientError::NoCa { .. } | ClientError::Transport(_) => {
+            EXIT_USAGE
+        }
+        ClientError::Refused { .. }
+        | ClientError::Unreachable { .. }
+        | ClientError::Resolve { .. } => EXIT_UNAVAILABLE,
+        _ => EXIT_FAILURE,
+    }
+}
+
+async fn connect(service: &str, args: &RelayArgs) -> u8 {
+    let result = match dialer(args).await {
+        Ok(d) => sat_client::connect(&d, service).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("sat connect: {e}");
+            client_exit(&e)
+        }
+    }
+}
+
+async fn forward(local: &str, service: String, args: &RelayArgs) -> u8 {
+    let dialer = match dialer(args).await {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            eprintln!("sat forward: {e}");
+            return client_exit(&e);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(local).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sat forward: cannot listen on {local}: {e}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        info!("listening on tcp {addr} service={service}");
+    }
+    let stop = signals(false);
+    let result = sat_client::forward(dialer, listener, service, stop).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("sat forward: {e}");
+            client_exit(&e)
+        }
+    }
+}
+
+fn check_config(path: &Path) -> u8 {
+    match check(path) {
+        Ok(kind) => {
+            println!("{}: a valid {kind} config", path.display());
+            0
+        }
+        Err(msg) => {
+            eprintln!("sat check-config: {msg}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn check(path: &Path) -> Result<&'static str, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if table.contains_key("control") {
+        let c = ControlConfig::parse(&text, path).map_err(|e| e.to_string())?;
+        c.tls
+            .load()
+            .map_err(|e| format!("{}: [tls]: {e}", path.display()))?;
+        Ok("control")
+    } else if table.contains_key("relay") {
+        let c = RelayConfig::parse(&text, path).map_err(|e| e.to_string())?;
+        c.tls
+            .load()
+            .map_err(|e| format!("{}: [tls]: {e}", path.display()))?;
+        if let Some(h) = &c.https {
+            sat_transport::tls::Identity::load(&h.cert, &h.key)
+                .map_err(|e| format!("{}: [https]: {e}", path.display()))?;
+        }
+        Ok("relay")
+    } else {
+        Err(format!(
+            "{}: cannot tell what this config is for: it needs a [control] or a [relay] table",
+            path.display()
+        ))
+    }
+}

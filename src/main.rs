@@ -1,0 +1,27 @@
+//! `sat`: the Satellite command line. Parse, set up logging, build the runtime, run the
+//! command, map its error to an exit code. The logic lives in the library crates.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    cli::init_tracing(cli.command.default_log_level());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sat: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::EXIT_SOFTWARE);
+        }
+    };
+    let code = runtime.block_on(cli.command.run());
+    // Tasks still running (a tunnel cut at the end of a drain grace) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    ExitCode::from(code)
+}

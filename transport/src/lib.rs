@@ -1,0 +1,18 @@
+//! The IO half of the Satellite protocol, shared by every process that speaks it: TLS and QUIC
+//! configuration (one rustls provider, TLS 1.3 only, mutual authentication on uplinks), and the
+//! splice that copies bytes between a QUIC stream and a socket while carrying half-close (FIN)
+//! and abort (RST) across. `sat-proto` stays free of IO; this crate is where tokio and quinn
+//! meet it, as quinn is to quinn-proto.
+//!
+//! - [`tls`]: certificates from PEM, rustls and quinn configs for uplinks and user tunnels.
+//! - [`splice`]: QUIC stream ⇄ TCP or any byte stream, with FIN/RST propagation.
+//! - [`io`]: a QUIC stream pair as one `AsyncRead + AsyncWrite`, for hyper.
+//! - [`header`]: reading a stream header or answer off a QUIC stream, bounded and timed.
+
+mod error;
+pub mod header;
+pub mod io;
+pub mod splice;
+pub mod tls;
+
+pub use error::TransportError;

@@ -1,0 +1,292 @@
+//! Copying bytes between a QUIC stream and something else, in both directions at once.
+//!
+//! A clean end of input (FIN) on one side becomes a clean end of output on the other: TCP
+//! `shutdown(Write)` ⇄ QUIC `finish()`. An abort becomes an abort: a TCP reset ⇄ QUIC
+//! `RESET_STREAM`/`STOP_SENDING`. That is what SSH and other protocols that half-close need.
+//!
+//! Backpressure is QUIC flow control: a direction reads more only once the previous chunk has
+//! been handed to the writer, so at most one chunk per direction is in our hands. Idle tunnels
+//! hold no read buffer: the TCP side waits for readability before allocating one, and drops it
+//! once the socket runs dry.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+
+use crate::io::Rejected;
+use sat_proto::stream::Response;
+
+/// Largest read from a socket in one go.
+const CHUNK: usize = 64 * 1024;
+
+/// The QUIC error code we send with RESET_STREAM / STOP_SENDING when the other side aborted.
+pub const ABORTED: VarInt = VarInt::from_u32(1);
+
+/// Bytes moved in each direction, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// From the local side into the QUIC stream.
+    pub into_quic: u64,
+    /// From the QUIC stream out to the local side.
+    pub out_of_quic: u64,
+}
+
+/// How a splice ended, when it did not end with both sides finishing cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    #[error("peer aborted the stream (code {0})")]
+    QuicReset(VarInt),
+    #[error("QUIC connection lost: {0}")]
+    QuicLost(quinn::ConnectionError),
+    #[error("local side failed: {0}")]
+    Local(io::Error),
+    #[error("refused: {0}")]
+    Rejected(Rejected),
+}
+
+impl From<ReadError> for SpliceError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Reset(code) => Self::QuicReset(code),
+            ReadError::ConnectionLost(e) => Self::QuicLost(e),
+            other => Self::Local(io::Error::other(other)),
+        }
+    }
+}
+
+impl From<WriteError> for SpliceError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Stopped(code) => Self::QuicReset(code),
+            WriteError::ConnectionLost(e) => Self::QuicLost(e),
+            other => Self::Local(io::Error::other(other)),
+        }
+    }
+}
+
+/// What comes first on the QUIC side of a TCP splice.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Bytes that arrived behind the stream header; they go to the TCP side first.
+    Data(Bytes),
+    /// We opened the stream: the peer's [`Response`] comes first. Consume it; if it is a
+    /// refusal, end with [`SpliceError::Rejected`]. Our side's bytes go out meanwhile.
+    AwaitAnswer,
+}
+
+/// Splices a TCP connection with a QUIC stream. On an abort from the QUIC side the TCP
+/// connection is reset, not closed.
+pub async fn tcp(
+    tcp: TcpStream,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    start: Start,
+) -> Result<Moved, SpliceError> {
+    let (mut r, mut w) = tcp.into_split();
+    let down = async {
+        let first = match start {
+            Start::Data(first) => first,
+            Start::AwaitAnswer => read_answer(recv).await?,
+        };
+        quic_to_io(recv, &mut w, first).await
+    };
+    let result = tokio::try_join!(tcp_to_quic(&mut r, send), down);
+    match result {
+        Ok((into_quic, out_of_quic)) => Ok(Moved {
+            into_quic,
+            out_of_quic,
+        }),
+        Err(SpliceError::Rejected(rejected)) => {
+            // Nothing was relayed; a plain close tells the user as much as TCP can.
+            let _ = send.reset(ABORTED);
+            Err(SpliceError::Rejected(rejected))
+        }
+        Err(e) => {
+            abort_quic(send, recv);
+            if let Ok(tcp) = r.reunite(w) {
+                // Linger 0 turns the close into a RST, so the local peer sees the abort.
+                let _ = tcp.set_zero_linger();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Splices any byte stream (stdin/stdout, a TLS session) with a QUIC stream.
+pub async fn io<R, W>(
+    mut r: R,
+    mut w: W,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    first_into_quic: Bytes,
+) -> Result<Moved, SpliceError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let up = async {
+        if !first_into_quic.is_empty() {
+            send.write_chunk(first_into_quic.clone()).await?;
+        }
+        io_to_quic(&mut r, send)
+            .await
+            .map(|n| n + first_into_quic.len() as u64)
+    };
+    match tokio::try_join!(up, quic_to_io(recv, &mut w, Bytes::new())) {
+        Ok((into_quic, out_of_quic)) => Ok(Moved {
+            into_quic,
+            out_of_quic,
+        }),
+        Err(e) => {
+            abort_quic(send, recv);
+            Err(e)
+        }
+    }
+}
+
+/// Splices two QUIC streams (a user's tunnel to the relay with the relay's uplink stream).
+/// `first` goes to `b` before anything read from `a`. Chunks pass through without a copy.
+pub async fn quic(
+    a: (&mut SendStream, &mut RecvStream),
+    b: (&mut SendStream, &mut RecvStream),
+    first: Bytes,
+) -> Result<Moved, SpliceError> {
+    let (a_send, a_recv) = a;
+    let (b_send, b_recv) = b;
+    let a_to_b = async {
+        if !first.is_empty() {
+            b_send.write_chunk(first.clone()).await?;
+        }
+        quic_to_quic(a_recv, b_send)
+            .await
+            .map(|n| n + first.len() as u64)
+    };
+    match tokio::try_join!(a_to_b, quic_to_quic(b_recv, a_send)) {
+        Ok((into_quic, out_of_quic)) => Ok(Moved {
+            into_quic,
+            out_of_quic,
+        }),
+        Err(e) => {
+            abort_quic(a_send, a_recv);
+            abort_quic(b_send, b_recv);
+            Err(e)
+        }
+    }
+}
+
+fn abort_quic(send: &mut SendStream, recv: &mut RecvStream) {
+    // Either may already be closed; an abort of a closed half is a no-op worth ignoring.
+    let _ = send.reset(ABORTED);
+    let _ = recv.stop(ABORTED);
+}
+
+async fn tcp_to_quic(r: &mut OwnedReadHalf, send: &mut SendStream) -> Result<u64, SpliceError> {
+    let mut total = 0u64;
+    let mut scratch: Option<BytesMut> = None;
+    loop {
+        if scratch.is_none() {
+            // Nothing buffered while idle: wait for bytes before allocating room for them.
+            r.readable().await.map_err(SpliceError::Local)?;
+        }
+        let buf = scratch.get_or_insert_with(|| BytesMut::with_capacity(CHUNK));
+        if buf.capacity() < CHUNK / 4 {
+            *buf = BytesMut::with_capacity(CHUNK);
+        }
+        match r.try_read_buf(buf) {
+            Ok(0) => {
+                let _ = send.finish();
+                return Ok(total);
+            }
+            Ok(n) => {
+                total += n as u64;
+                // split() hands the filled part on and keeps the rest of the allocation for
+                // the next read while bytes keep coming.
+                send.write_chunk(buf.split().freeze()).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => scratch = None,
+            Err(e) => return Err(SpliceError::Local(e)),
+        }
+    }
+}
+
+async fn io_to_quic<R: AsyncRead + Unpin>(
+    r: &mut R,
+    send: &mut SendStream,
+) -> Result<u64, SpliceError> {
+    let mut total = 0u64;
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.capacity() < CHUNK / 4 {
+            buf = BytesMut::with_capacity(CHUNK);
+        }
+        let n = r.read_buf(&mut buf).await.map_err(SpliceError::Local)?;
+        if n == 0 {
+            let _ = send.finish();
+            return Ok(total);
+        }
+        total += n as u64;
+        send.write_chunk(buf.split().freeze()).await?;
+    }
+}
+
+async fn quic_to_io<W: AsyncWrite + Unpin>(
+    recv: &mut RecvStream,
+    w: &mut W,
+    first: Bytes,
+) -> Result<u64, SpliceError> {
+    let mut total = first.len() as u64;
+    if !first.is_empty() {
+        w.write_all(&first).await.map_err(SpliceError::Local)?;
+    }
+    while let Some(chunk) = recv.read_chunk(CHUNK, true).await? {
+        total += chunk.bytes.len() as u64;
+        w.write_all(&chunk.bytes)
+            .await
+            .map_err(SpliceError::Local)?;
+    }
+    // The QUIC side finished: pass the half-close on. The peer may already be gone, and that
+    // is not an error of ours.
+    let _ = w.shutdown().await;
+    Ok(total)
+}
+
+/// Reads the peer's answer off the front of `recv`; returns the bytes that followed it.
+async fn read_answer(recv: &mut RecvStream) -> Result<Bytes, SpliceError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match Response::decode(&buf) {
+            Ok(Some((Response::Accepted, used))) => {
+                let _ = buf.split_to(used);
+                return Ok(buf.freeze());
+            }
+            Ok(Some((Response::Rejected { code, message }, _))) => {
+                return Err(SpliceError::Rejected(Rejected { code, message }));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(SpliceError::Local(io::Error::other(e))),
+        }
+        match recv.read_chunk(1024, true).await? {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => {
+                return Err(SpliceError::Local(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream closed before the control plane answered",
+                )))
+            }
+        }
+    }
+}
+
+async fn quic_to_quic(recv: &mut RecvStream, send: &mut SendStream) -> Result<u64, SpliceError> {
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(CHUNK, true).await? {
+        total += chunk.bytes.len() as u64;
+        send.write_chunk(chunk.bytes).await?;
+    }
+    let _ = send.finish();
+    Ok(total)
+}

@@ -1,0 +1,234 @@
+//! TLS material and configs. One crypto provider (ring), TLS 1.3 only.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use crate::TransportError;
+
+/// A certificate chain and its private key, as loaded from PEM files.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain", &self.chain.len())
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+impl Identity {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TransportError> {
+        let chain = load_certs(cert)?;
+        let pem = read(key)?;
+        let key = rustls_pemfile::private_key(&mut pem.as_slice())
+            .ok()
+            .flatten()
+            .ok_or_else(|| TransportError::NoPem {
+                path: key.to_owned(),
+                what: "PRIVATE KEY",
+            })?;
+        Ok(Self { chain, key })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|source| TransportError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TransportError::NoPem {
+            path: path.to_owned(),
+            what: "CERTIFICATE",
+        });
+    }
+    Ok(certs)
+}
+
+/// Loads a CA bundle into a root store.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS server config. With `client_roots`, peers must present a certificate from that CA.
+pub fn server_config(
+    identity: &Identity,
+    client_roots: Option<RootCertStore>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TransportError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_roots {
+        Some(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TransportError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A TLS client config trusting `roots`, presenting `identity` if given.
+pub fn client_config(
+    roots: RootCertStore,
+    identity: Option<&Identity>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TransportError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Transport limits for one role. Uplinks carry thousands of streams and must notice a dead
+/// peer within seconds; user tunnels idle for hours behind NATs.
+#[derive(Debug, Clone, Copy)]
+pub struct QuicLimits {
+    pub max_streams: u32,
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+}
+
+impl QuicLimits {
+    pub const UPLINK: Self = Self {
+        max_streams: 32_768,
+        idle_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(1),
+    };
+    pub const CLIENT: Self = Self {
+        max_streams: 256,
+        idle_timeout: Duration::from_secs(60),
+        keep_alive: Duration::from_secs(15),
+    };
+
+    fn transport(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(self.max_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .keep_alive_interval(Some(self.keep_alive));
+        if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
+            t.max_idle_timeout(Some(idle));
+        }
+        Arc::new(t)
+    }
+}
+
+pub fn quic_server_config(
+    tls: rustls::ServerConfig,
+    limits: QuicLimits,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(limits.transport());
+    Ok(config)
+}
+
+pub fn quic_client_config(
+    tls: rustls::ClientConfig,
+    limits: QuicLimits,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(limits.transport());
+    Ok(config)
+}
+
+/// The first DNS name (or, failing that, the common name) of a peer's leaf certificate: the
+/// identity a relay or client authenticated as.
+pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    leaf_name(certs.first()?)
+}
+
+/// The subject's first DNS name from a verified DER certificate, falling back to its CN.
+pub fn leaf_name(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                return Some((*dns).to_owned());
+            }
+        }
+    }
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// The `[tls]` table of relay and control configs: a CA to trust and an identity to present.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA bundle that signed the peer's certificate.
+    pub ca: std::path::PathBuf,
+    /// This process's certificate chain (PEM).
+    pub cert: std::path::PathBuf,
+    /// This process's private key (PEM).
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes relative paths relative to `base` (the config file's directory).
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    pub fn load(&self) -> Result<(RootCertStore, Identity), TransportError> {
+        Ok((
+            load_roots(&self.ca)?,
+            Identity::load(&self.cert, &self.key)?,
+        ))
+    }
+}
