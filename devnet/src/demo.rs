@@ -49,6 +49,9 @@ use tracing::Instrument;
 const RELAY_NAME: HeaderName = HeaderName::from_static("sat-relay-name");
 /// Request header naming that relay's region.
 const RELAY_REGION: HeaderName = HeaderName::from_static("sat-relay-region");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
@@ -259,10 +262,6 @@ impl RelayView {
         }
     }
 }
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Header values may hold any byte but `to_str` refuses non-ASCII; show it rather than hide it.
 fn lossy(value: &HeaderValue) -> String {

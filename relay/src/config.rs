@@ -35,7 +35,8 @@ pub struct RelaySection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkSection {
-    pub control: Vec<SocketAddr>,
+    /// `host:port` of each control replica; names are resolved again at every reconnect.
+    pub control: Vec<String>,
     #[serde(default = "default_server_name")]
     pub server_name: String,
     #[serde(default = "default_connections")]
@@ -136,6 +137,17 @@ impl RelayConfig {
         if self.uplink.control.is_empty() {
             return Err("uplink.control: list at least one control plane address".into());
         }
+        for (i, c) in self.uplink.control.iter().enumerate() {
+            let ok = c.parse::<SocketAddr>().is_ok()
+                || c.rsplit_once(':').is_some_and(|(h, p)| {
+                    !h.is_empty() && !h.contains(':') && p.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+            if !ok {
+                return Err(format!(
+                    "uplink.control[{i}]: \"{c}\" is not host:port (for example \"control.example.com:4433\")"
+                ));
+            }
+        }
         if !(1..=16).contains(&self.uplink.connections) {
             return Err(format!(
                 "uplink.connections: {} is out of range; use 1 to 16 (2 is the default)",
@@ -210,6 +222,8 @@ mod tests {
         assert!(e.contains("regoin") && e.contains("relay.toml"), "{e}");
         let e = parse(&GOOD.replace("[uplink]", "[uplink]\nconnections = 0")).unwrap_err();
         assert!(e.contains("uplink.connections"), "{e}");
+        let e = parse(&GOOD.replace("127.0.0.1:4433", "control.example.com")).unwrap_err();
+        assert!(e.contains("uplink.control[0]"), "{e}");
         let e = parse(&GOOD.replace("\"ssh\"", "\"SSH\"")).unwrap_err();
         assert!(e.contains("tcp[0].service"), "{e}");
     }

@@ -46,18 +46,12 @@ pub async fn run(
 ) -> Result<(), RelayError> {
     let (roots, identity) = config.tls.load()?;
     let uplink_tls = tls::client_config(roots, Some(&identity), &[sat_proto::ALPN_UPLINK])?;
-    let bind: std::net::SocketAddr = if config.uplink.control.iter().any(|a| a.is_ipv6()) {
-        "[::]:0"
-            .parse()
-            .map_err(std::io::Error::other)
-            .map_err(RelayError::Endpoint)?
-    } else {
-        "0.0.0.0:0"
-            .parse()
-            .map_err(std::io::Error::other)
-            .map_err(RelayError::Endpoint)?
-    };
-    let mut endpoint = Endpoint::client(bind).map_err(RelayError::Endpoint)?;
+    // Dual-stack where the host has IPv6, so control replicas may have either family.
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+    let mut endpoint = Endpoint::client(v6)
+        .or_else(|_| Endpoint::client(v4))
+        .map_err(RelayError::Endpoint)?;
     endpoint.set_default_client_config(tls::quic_client_config(uplink_tls, QuicLimits::UPLINK)?);
 
     let relay = Arc::new(Relay::new(
@@ -72,10 +66,10 @@ pub async fn run(
     };
     let uplinks = TaskTracker::new();
     for i in 0..config.uplink.connections {
-        let addr = config.uplink.control[i % config.uplink.control.len()];
+        let control = config.uplink.control[i % config.uplink.control.len()].clone();
         uplinks.spawn(uplink::maintain(
             i,
-            addr,
+            control,
             endpoint.clone(),
             relay.clone(),
             life.clone(),

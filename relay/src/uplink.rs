@@ -6,7 +6,6 @@
 //! a connection from [`Uplinks::open`], which spreads new streams round-robin over the uplinks
 //! that are connected, heard from recently, and not draining.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,24 +124,24 @@ pub struct Lifecycle {
     pub close: CancellationToken,
 }
 
-/// Keeps uplink `i` connected to `addr` until told to close.
+/// Keeps uplink `i` connected to `control` (host:port) until told to close.
 pub async fn maintain(
     i: usize,
-    addr: SocketAddr,
+    control: String,
     endpoint: Endpoint,
     relay: Arc<Relay>,
     life: Lifecycle,
 ) {
     let mut backoff = BACKOFF_MIN;
     while !life.close.is_cancelled() {
-        let attempt = connect(&endpoint, addr, &relay.server_name);
+        let attempt = connect(&endpoint, &control, &relay.server_name);
         let outcome = tokio::select! {
             r = attempt => r,
             () = life.close.cancelled() => return,
         };
         match outcome {
             Ok(conn) => {
-                let reason = session(i, addr, &conn, &relay, &life).await;
+                let reason = session(i, &control, &conn, &relay, &life).await;
                 relay.uplinks.set(i, None);
                 if life.close.is_cancelled() {
                     return;
@@ -151,7 +150,7 @@ pub async fn maintain(
                 backoff = BACKOFF_MIN;
             }
             Err(e) => {
-                warn!(uplink = i, %addr, retry_in = ?backoff, "uplink {i} cannot connect: {e}");
+                warn!(uplink = i, retry_in = ?backoff, "uplink {i} cannot connect to {control}: {e}");
             }
         }
         // Full jitter in [backoff/2, backoff]: relays that lost the same replica do not all
@@ -167,9 +166,14 @@ pub async fn maintain(
 
 async fn connect(
     endpoint: &Endpoint,
-    addr: SocketAddr,
+    control: &str,
     server_name: &str,
 ) -> Result<Connection, String> {
+    let addr = tokio::net::lookup_host(control)
+        .await
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .ok_or("name has no address")?;
     let connecting = endpoint
         .connect(addr, server_name)
         .map_err(|e| e.to_string())?;
@@ -183,7 +187,7 @@ async fn connect(
 /// One connected uplink, from Hello to loss or goodbye. Returns why it ended.
 async fn session(
     i: usize,
-    addr: SocketAddr,
+    addr: &str,
     conn: &Connection,
     relay: &Arc<Relay>,
     life: &Lifecycle,
