@@ -176,18 +176,17 @@ fn banner(opts: &UpOptions, plans: &[RelayPlan]) -> String {
     let first = plans.first().map_or(Ipv4Addr::new(127, 0, 0, 2), |p| p.ip);
     let last = plans.last().map_or(first, |p| p.ip);
     let mut s = format!(
-        "\nSatellite is up: a control plane on {CONTROL_ADDR} (udp) and {} relays.\n\n",
+        "\nSatellite is ready: a control plane on {CONTROL_ADDR} (udp) and {} relays.\n\n",
         plans.len()
     );
     s += "  region     relay             https + quic      http              echo (tcp)\n";
     for p in plans {
+        let https = format!("{}:{HTTPS_PORT}", p.ip);
+        let http = format!("{}:{HTTP_PORT}", p.ip);
+        let echo = format!("{}:{ECHO_PORT}", p.ip);
         s += &format!(
-            "  {:<10} {:<17} {:<17} {:<17} {}\n",
-            p.region,
-            p.name,
-            format!("{}:{HTTPS_PORT}", p.ip),
-            format!("{}:{HTTP_PORT}", p.ip),
-            format!("{}:{ECHO_PORT}", p.ip),
+            "  {:<10} {:<17} {https:<17} {http:<17} {echo}\n",
+            p.region, p.name
         );
     }
     s += &format!(
