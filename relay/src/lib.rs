@@ -23,7 +23,7 @@ mod uplink;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Endpoint, EndpointConfig, TokioRuntime};
+use quinn::Endpoint;
 use sat_transport::tls::{self, Identity, QuicLimits};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +49,8 @@ pub async fn run(
     // Dual-stack where the host has IPv6, so control replicas may have either family.
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
-    let mut endpoint = Endpoint::client(v6)
-        .or_else(|_| Endpoint::client(v4))
+    let mut endpoint = tls::client_endpoint(v6)
+        .or_else(|_| tls::client_endpoint(v4))
         .map_err(RelayError::Endpoint)?;
     endpoint.set_default_client_config(tls::quic_client_config(uplink_tls, QuicLimits::UPLINK)?);
 
@@ -98,13 +98,7 @@ pub async fn run(
     if let (Some(socket), Some(identity)) = (sockets.quic, &https_identity) {
         let tls = tls::server_config(identity, None, &[sat_proto::ALPN_CLIENT])?;
         let server = tls::quic_server_config(tls, QuicLimits::CLIENT)?;
-        let ep = Endpoint::new(
-            EndpointConfig::default(),
-            Some(server),
-            socket,
-            Arc::new(TokioRuntime),
-        )
-        .map_err(RelayError::Endpoint)?;
+        let ep = tls::server_endpoint(socket, server).map_err(RelayError::Endpoint)?;
         listeners.spawn(accept_clients(ep.clone(), relay.clone(), stop.clone()));
         client_endpoint = Some(ep);
     }

@@ -228,6 +228,16 @@ async fn session(
         tokio::select! {
             () = tokio::time::sleep_until(schedule.deadline().into()) => {
                 if let Some(seq) = schedule.poll(Instant::now().into_std()) {
+                    let path = conn.stats().path;
+                    debug!(
+                        uplink = i,
+                        rtt_us = path.rtt.as_micros() as u64,
+                        mtu = path.current_mtu,
+                        cwnd = path.cwnd,
+                        lost_packets = path.lost_packets,
+                        black_holes = path.black_holes_detected,
+                        "uplink path"
+                    );
                     let hb = relay.heartbeat(seq, conn);
                     if let Err(e) = send.write_all(&Frame::Heartbeat(hb).to_bytes()).await {
                         return e.to_string();

@@ -123,6 +123,63 @@ pub fn client_config(
     Ok(config)
 }
 
+/// The largest UDP payload QUIC may use (65535 minus the 8-byte UDP header).
+pub const MAX_UDP_PAYLOAD: u16 = 65527;
+
+/// An endpoint config that accepts datagrams as large as path MTU discovery may find.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    // Cannot fail: the value is within the range the setter checks.
+    let _ = config.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    config
+}
+
+/// A client-only QUIC endpoint on `bind`, with [`endpoint_config`].
+pub fn client_endpoint(bind: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    size_udp_buffers(&socket);
+    quinn::Endpoint::new(
+        endpoint_config(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A server QUIC endpoint on an already bound socket, with [`endpoint_config`].
+pub fn server_endpoint(
+    socket: std::net::UdpSocket,
+    server: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    size_udp_buffers(&socket);
+    quinn::Endpoint::new(
+        endpoint_config(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Socket buffer we ask the kernel for, each way. A burst of large QUIC datagrams overflows
+/// Linux's default (about 208 KiB), and every drop is taken as congestion.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+fn size_udp_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    // Linux reports twice what it grants; anything under the request means rmem_max capped it.
+    let got = sock.recv_buffer_size().unwrap_or(0) / 2;
+    if got < UDP_BUFFER {
+        tracing::warn!(
+            wanted = UDP_BUFFER,
+            got,
+            "UDP receive buffer capped by the kernel; raise net.core.rmem_max and \
+             net.core.wmem_max to at least {UDP_BUFFER} for full QUIC throughput"
+        );
+    }
+}
+
 /// Transport limits for one role. Uplinks carry thousands of streams and must notice a dead
 /// peer within seconds; user tunnels idle for hours behind NATs.
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +203,20 @@ impl QuicLimits {
 
     fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
+        // Let path MTU discovery search up to the largest UDP payload: on an Internet path it
+        // settles near 1452 after a few lost probes; on jumbo-frame links and loopback it uses
+        // far larger datagrams, which cuts per-packet crypto and syscall cost several-fold.
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_UDP_PAYLOAD)
+            // A burst of losses shrinks the MTU to 1200 as a suspected black hole; on a path
+            // that is merely busy, probe up again soon rather than after quinn's 10 minutes.
+            .black_hole_cooldown(Duration::from_secs(10))
+            .interval(Duration::from_secs(30));
+        t.mtu_discovery_config(Some(mtu));
+        // Sub-millisecond RTTs (a relay next to its control plane, loopback) make quinn's
+        // default 9/8-RTT reordering window shorter than a scheduling hiccup on a busy host;
+        // a spurious loss halves the window. 1.5 RTT costs a real loss a fraction of an RTT.
+        t.time_threshold(1.5);
         t.max_concurrent_bidi_streams(self.max_streams.into())
             .max_concurrent_uni_streams(0u32.into())
             .keep_alive_interval(Some(self.keep_alive));
