@@ -64,7 +64,7 @@ impl Dialer {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let mut endpoint = Endpoint::client(bind).map_err(|source| ClientError::Io {
+        let mut endpoint = tls::client_endpoint(bind).map_err(|source| ClientError::Io {
             service: String::new(),
             source,
         })?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint, EndpointConfig, RecvStream, SendStream, TokioRuntime};
+use quinn::{Connection, RecvStream, SendStream};
 use sat_proto::stream::{RejectCode, Response, StreamHeader, StreamKind};
 use sat_transport::header::{self, HeaderError};
 use sat_transport::tls::{self, QuicLimits};
@@ -41,13 +41,7 @@ pub async fn run(
     let (roots, identity) = config.tls.load()?;
     let tls = tls::server_config(&identity, Some(roots), &[sat_proto::ALPN_UPLINK])?;
     let server = tls::quic_server_config(tls, QuicLimits::UPLINK)?;
-    let endpoint = Endpoint::new(
-        EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(TokioRuntime),
-    )
-    .map_err(ControlError::Endpoint)?;
+    let endpoint = tls::server_endpoint(socket, server).map_err(ControlError::Endpoint)?;
 
     let table = ServiceTable::new(1, &config.services);
     info!(
