@@ -1,7 +1,8 @@
 //! Tunnels from `sat connect` / `sat forward`: over QUIC (ALPN `sat-client/1`, one stream per
 //! tunnel), or over one TLS connection per tunnel where UDP is blocked. Either way the relay
-//! reads the client's header, opens a stream to the control plane, and splices. The control
-//! plane's answer passes through to the client untouched.
+//! reads the client's header, opens a stream to the control plane with the bytes that came
+//! with it, waits for the answer (moving to another uplink if this one dies first), passes the
+//! answer on, and splices.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::pool::Answered;
 use crate::relay::Relay;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,12 +55,20 @@ async fn quic_tunnel(
         Ok(h) => h,
         Err(e) => return refuse_quic(&mut send, RejectCode::BadHeader, e.to_string()).await,
     };
-    let (mut up_send, mut up_recv) = match open_upstream(&relay, &hello, peer).await {
-        Ok(pair) => pair,
+    let _guard = relay.stream_guard();
+    let mut up = match open_upstream(&relay, &hello, peer, first).await {
+        Ok(up) => up,
         Err((code, msg)) => return refuse_quic(&mut send, code, msg).await,
     };
-    let _guard = relay.stream_guard();
-    let result = splice::quic((&mut send, &mut recv), (&mut up_send, &mut up_recv), first).await;
+    if send.write_all(&accepted(&up.leftover)).await.is_err() {
+        return;
+    }
+    let result = splice::quic(
+        (&mut send, &mut recv),
+        (&mut up.send, &mut up.recv),
+        Bytes::new(),
+    )
+    .await;
     log_end(&hello.service, result);
 }
 
@@ -72,21 +82,26 @@ where
         Ok(h) => h,
         Err(e) => return refuse_io(&mut w, RejectCode::BadHeader, e.to_string()).await,
     };
-    let (mut up_send, mut up_recv) = match open_upstream(&relay, &hello, peer).await {
-        Ok(pair) => pair,
+    let _guard = relay.stream_guard();
+    let mut up = match open_upstream(&relay, &hello, peer, first).await {
+        Ok(up) => up,
         Err((code, msg)) => return refuse_io(&mut w, code, msg).await,
     };
-    let _guard = relay.stream_guard();
-    let result = splice::io(r, w, &mut up_send, &mut up_recv, first).await;
+    if w.write_all(&accepted(&up.leftover)).await.is_err() {
+        return;
+    }
+    let result = splice::io(r, w, &mut up.send, &mut up.recv, Bytes::new()).await;
     log_end(&hello.service, result);
 }
 
-/// Checks the service against the pushed config and opens its stream to the control plane.
+/// Checks the service against the pushed config, opens its stream to the control plane with
+/// the client's `first` bytes, and waits for the answer.
 async fn open_upstream(
     relay: &Relay,
     hello: &ClientHeader,
     peer: SocketAddr,
-) -> Result<(SendStream, RecvStream), (RejectCode, String)> {
+    first: Bytes,
+) -> Result<Answered, (RejectCode, String)> {
     let service = &hello.service;
     let routes = relay.routes().ok_or((
         RejectCode::NoUplink,
@@ -118,13 +133,19 @@ async fn open_upstream(
         user_addr: peer,
         identity: String::new(),
     };
-    relay.uplinks.open(&header).await.ok_or((
-        RejectCode::NoUplink,
-        format!(
-            "relay {} has no uplink to the control plane; retry shortly",
-            relay.name
-        ),
-    ))
+    relay
+        .uplinks
+        .open_answered(&header, first)
+        .await
+        .map_err(|e| e.into_refusal(&relay.name))
+}
+
+/// The acceptance to pass on to the client, with what followed it.
+fn accepted(leftover: &Bytes) -> Bytes {
+    let mut buf = BytesMut::with_capacity(3 + leftover.len());
+    Response::Accepted.encode(&mut buf);
+    buf.extend_from_slice(leftover);
+    buf.freeze()
 }
 
 fn log_end(service: &str, result: Result<splice::Moved, splice::SpliceError>) {

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use sat_proto::stream::{StreamHeader, StreamKind};
 use sat_transport::io::{rejection, QuicIo};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::relay::Relay;
 
@@ -91,26 +91,40 @@ async fn route(
         identity: String::new(),
     };
     let _guard = relay.stream_guard();
-    let (send, recv) = relay.uplinks.open(&header).await.ok_or((
-        StatusCode::SERVICE_UNAVAILABLE,
-        "relay has no uplink to the control plane; retry shortly".to_string(),
-    ))?;
-    let io = TokioIo::new(QuicIo::awaiting_answer(send, recv));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| bad_gateway(&service, &e))?;
-    relay.users.spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!("uplink side of HTTP stream ended: {e}");
-        }
-    });
-
     let user_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, &host, relay, origin);
-    let mut resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| bad_gateway(&service, &e))?;
+    // A request without a body can go out again if its uplink dies before the answer.
+    let replayable = req.body().is_end_stream();
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body.boxed());
+    let mut tried = 0u64;
+    let mut resp = loop {
+        let (i, conn, send, recv) = relay
+            .uplinks
+            .open(&header, &Bytes::new(), &mut tried)
+            .await
+            .ok_or((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "relay has no uplink to the control plane; retry shortly".to_string(),
+            ))?;
+        let io = TokioIo::new(QuicIo::awaiting_answer(send, recv));
+        let (mut sender, conn_task) = hyper::client::conn::http1::handshake::<_, Body>(io)
+            .await
+            .map_err(|e| bad_gateway(&service, &e))?;
+        relay.users.spawn(async move {
+            if let Err(e) = conn_task.with_upgrades().await {
+                debug!("uplink side of HTTP stream ended: {e}");
+            }
+        });
+        let body = body.take().unwrap_or_else(empty);
+        let sent = sender.send_request(Request::from_parts(parts.clone(), body));
+        tokio::select! {
+            resp = sent => break resp.map_err(|e| bad_gateway(&service, &e))?,
+            () = relay.uplinks.gone_quiet(i, &conn), if replayable => {
+                info!(uplink = i, "uplink {i} went silent before answering; sending the request again");
+            }
+        }
+    };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(user_upgrade) = user_upgrade {
@@ -125,6 +139,12 @@ async fn route(
     Ok(resp.map(BodyExt::boxed))
 }
 
+fn empty() -> Body {
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
 /// The host a request is for: the URI's authority (HTTP/2, absolute-form) or the Host header.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
@@ -137,7 +157,7 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 /// Rewrites a user's request for the hop to the control plane: origin-form target, HTTP/1.1,
 /// no hop-by-hop headers, and forwarding headers set from what the relay saw (whatever the
 /// user sent under those names is dropped first).
-fn prepare_request(req: &mut Request<Incoming>, host: &str, relay: &Relay, origin: Origin) {
+fn prepare_request<B>(req: &mut Request<B>, host: &str, relay: &Relay, origin: Origin) {
     let upgrade = is_upgrade(req.headers());
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if let Ok(uri) = path.parse::<Uri>() {

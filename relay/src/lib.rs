@@ -7,6 +7,7 @@
 //! - [`Sockets`] (in `listen`): binding, done by the caller; the HTTPS and HTTP accept loops.
 //! - [`run`]: the service entry point.
 //! - `uplink`: QUIC connections to the control plane, reconnection, heartbeats, config.
+//! - `pool`: choosing an uplink for a stream, liveness, retrying an unanswered stream.
 //! - `http`: routing by Host, forwarding headers, one stream per request.
 //! - `tcp` and `client`: tunnels from relay TCP ports and from `sat connect`.
 
@@ -15,6 +16,7 @@ pub mod config;
 mod error;
 mod http;
 mod listen;
+mod pool;
 mod relay;
 mod routes;
 mod tcp;

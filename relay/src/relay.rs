@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::pool::Uplinks;
 use crate::routes::Routes;
-use crate::uplink::{self, Uplinks};
+use crate::uplink;
 
 pub struct Relay {
     pub name: String,

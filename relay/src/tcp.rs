@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use sat_proto::stream::{StreamHeader, StreamKind};
-use sat_transport::splice::{self, SpliceError, Start};
+use sat_transport::splice::{self, Start};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::pool::Answered;
 use crate::relay::Relay;
 
 pub async fn serve(
@@ -51,16 +53,25 @@ async fn tunnel(tcp: TcpStream, service: String, relay: Arc<Relay>) {
         identity: String::new(),
     };
     let _guard = relay.stream_guard();
-    let Some((mut send, mut recv)) = relay.uplinks.open(&header).await else {
-        return info!("refused: no uplink to the control plane");
+    // The user's bytes wait in the socket until the control plane has answered, so that the
+    // stream can move to another uplink if this one dies first.
+    let Answered {
+        mut send,
+        mut recv,
+        leftover,
+    } = match relay.uplinks.open_answered(&header, Bytes::new()).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            let (_, message) = e.into_refusal(&relay.name);
+            return info!("refused: {message}");
+        }
     };
-    match splice::tcp(tcp, &mut send, &mut recv, Start::AwaitAnswer).await {
+    match splice::tcp(tcp, &mut send, &mut recv, Start::Data(leftover)).await {
         Ok(moved) => debug!(
             up = moved.into_quic,
             down = moved.out_of_quic,
             "tunnel closed"
         ),
-        Err(SpliceError::Rejected(r)) => info!("refused by control plane: {r}"),
         Err(e) => debug!("tunnel aborted: {e}"),
     }
 }

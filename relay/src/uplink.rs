@@ -2,118 +2,26 @@
 //!
 //! Each uplink is one task that owns its connection: it connects, says Hello, applies config
 //! pushes, sends heartbeats, and when the connection drops it reconnects with jittered
-//! exponential backoff. The other uplinks keep carrying streams meanwhile. Stream handlers get
-//! a connection from [`Uplinks::open`], which spreads new streams round-robin over the uplinks
-//! that are connected, heard from recently, and not draining.
+//! exponential backoff. The other uplinks keep carrying streams meanwhile. Stream handlers
+//! reach the uplinks through [`crate::pool::Uplinks`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, RecvStream};
 use rand::Rng;
 use sat_proto::control::{ConfigPush, Drain, Frame, FrameDecoder, Goodbye, Heartbeat, Hello};
 use sat_proto::liveness::{HeartbeatSchedule, HEARTBEAT_INTERVAL};
-use sat_proto::stream::StreamHeader;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::relay::Relay;
 
-/// An uplink not heard from for this long gets no new streams, well before QUIC's idle timeout
-/// declares it dead: heartbeats are echoed every second.
-const STALE_AFTER: Duration = Duration::from_millis(2500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a stream handler waits for stream credit on a busy uplink.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-#[derive(Default)]
-struct Slot {
-    conn: Mutex<Option<Connection>>,
-    /// Milliseconds since `Uplinks::epoch` when this uplink last heard from the control plane.
-    heard_ms: AtomicU64,
-    /// The control plane asked for no new streams on this uplink.
-    draining: AtomicBool,
-}
-
-/// The set of uplinks as stream handlers see it.
-pub struct Uplinks {
-    slots: Vec<Slot>,
-    next: AtomicUsize,
-    epoch: Instant,
-}
-
-impl Uplinks {
-    pub fn new(count: usize) -> Self {
-        Self {
-            slots: (0..count).map(|_| Slot::default()).collect(),
-            next: AtomicUsize::new(0),
-            epoch: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn heard(&self, i: usize) {
-        self.slots[i]
-            .heard_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-    }
-
-    fn set(&self, i: usize, conn: Option<Connection>) {
-        let slot = &self.slots[i];
-        slot.draining.store(false, Ordering::Relaxed);
-        if let Ok(mut guard) = slot.conn.lock() {
-            *guard = conn;
-        }
-        self.heard(i);
-    }
-
-    /// The next usable uplink, round-robin.
-    fn pick(&self) -> Option<(usize, Connection)> {
-        let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
-        let stale = STALE_AFTER.as_millis() as u64;
-        (0..n).map(|k| (start + k) % n).find_map(|i| {
-            let slot = &self.slots[i];
-            if slot.draining.load(Ordering::Relaxed)
-                || now.saturating_sub(slot.heard_ms.load(Ordering::Relaxed)) > stale
-            {
-                return None;
-            }
-            let conn = slot.conn.lock().ok()?.clone()?;
-            conn.close_reason().is_none().then_some((i, conn))
-        })
-    }
-
-    /// Opens a stream to the control plane and sends `header` on it. Tries each usable uplink
-    /// once. `None` means no uplink could take it.
-    pub async fn open(&self, header: &StreamHeader) -> Option<(SendStream, RecvStream)> {
-        let mut buf = BytesMut::with_capacity(64);
-        header.encode(&mut buf);
-        for _ in 0..self.slots.len() {
-            let (i, conn) = self.pick()?;
-            match tokio::time::timeout(OPEN_TIMEOUT, conn.open_bi()).await {
-                Ok(Ok((mut send, recv))) => {
-                    if send.write_all(&buf).await.is_ok() {
-                        return Some((send, recv));
-                    }
-                }
-                Ok(Err(e)) => debug!(uplink = i, "cannot open stream: {e}"),
-                Err(_) => warn!(uplink = i, "no stream credit within {OPEN_TIMEOUT:?}"),
-            }
-        }
-        None
-    }
-}
 
 /// Tokens that steer an uplink task through a shutdown.
 #[derive(Clone)]
@@ -252,7 +160,7 @@ async fn session(
                 Ok(Some(Frame::Heartbeat(_))) => relay.uplinks.heard(i),
                 Ok(Some(Frame::Drain(d))) => {
                     info!(uplink = i, reason = %d.reason, "control plane asks for no new streams on uplink {i}");
-                    relay.uplinks.slots[i].draining.store(true, Ordering::Relaxed);
+                    relay.uplinks.drain(i);
                 }
                 Ok(Some(Frame::Goodbye(g))) => return format!("control plane said goodbye: {}", g.reason),
                 Ok(Some(Frame::Unknown(t))) => debug!(frame_type = t, "skipping unknown control frame"),

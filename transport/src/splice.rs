@@ -254,8 +254,9 @@ async fn quic_to_io<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
-/// Reads the peer's answer off the front of `recv`; returns the bytes that followed it.
-async fn read_answer(recv: &mut RecvStream) -> Result<Bytes, SpliceError> {
+/// Reads the peer's answer off the front of `recv`; returns the bytes that followed it. A
+/// refusal is [`SpliceError::Rejected`].
+pub async fn read_answer(recv: &mut RecvStream) -> Result<Bytes, SpliceError> {
     let mut buf = BytesMut::new();
     loop {
         match Response::decode(&buf) {

@@ -123,14 +123,14 @@ pub fn client_config(
     Ok(config)
 }
 
-/// The largest UDP payload QUIC may use (65535 minus the 8-byte UDP header).
-pub const MAX_UDP_PAYLOAD: u16 = 65527;
+/// The largest datagram path MTU discovery may settle on; see `QuicLimits::transport`.
+pub const MAX_DATAGRAM: u16 = 6500;
 
 /// An endpoint config that accepts datagrams as large as path MTU discovery may find.
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     // Cannot fail: the value is within the range the setter checks.
-    let _ = config.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    let _ = config.max_udp_payload_size(MAX_DATAGRAM);
     config
 }
 
@@ -185,6 +185,8 @@ fn size_udp_buffers(socket: &std::net::UdpSocket) {
 #[derive(Debug, Clone, Copy)]
 pub struct QuicLimits {
     pub max_streams: u32,
+    /// Bytes written but not yet acknowledged, across all streams of a connection.
+    pub send_window: u64,
     pub idle_timeout: Duration,
     pub keep_alive: Duration,
 }
@@ -192,22 +194,32 @@ pub struct QuicLimits {
 impl QuicLimits {
     pub const UPLINK: Self = Self {
         max_streams: 32_768,
+        // Each stream is already bounded by its peer's flow-control window; this shared bound
+        // is what a few users who stop reading can fill, and once full it stalls every stream
+        // of the uplink, heartbeats included. quinn's 10 MiB default is eight such users.
+        send_window: 256 * 1024 * 1024,
         idle_timeout: Duration::from_secs(5),
-        keep_alive: Duration::from_secs(1),
+        // Frequent enough that a relay notices a silent uplink within a second (see
+        // `Uplinks` in the relay); a PING and its ACK are some 60 bytes.
+        keep_alive: Duration::from_millis(300),
     };
     pub const CLIENT: Self = Self {
         max_streams: 256,
+        send_window: 16 * 1024 * 1024,
         idle_timeout: Duration::from_secs(60),
         keep_alive: Duration::from_secs(15),
     };
 
     fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
-        // Let path MTU discovery search up to the largest UDP payload: on an Internet path it
-        // settles near 1452 after a few lost probes; on jumbo-frame links and loopback it uses
-        // far larger datagrams, which cuts per-packet crypto and syscall cost several-fold.
+        // Let path MTU discovery search above Ethernet's 1452: on an Internet path it settles
+        // there after a few lost probes; on jumbo-frame links and loopback bigger datagrams
+        // cut per-packet crypto and syscall cost several-fold. The bound is what quinn can
+        // send: it batches up to 10 segments per GSO send, and the kernel refuses a batch over
+        // 64 KiB with EMSGSIZE, which quinn-udp drops silently (it expects that only of MTU
+        // probes), so every burst would be lost. 10 x 6500 stays under 65507.
         let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(MAX_UDP_PAYLOAD)
+        mtu.upper_bound(MAX_DATAGRAM)
             // A burst of losses shrinks the MTU to 1200 as a suspected black hole; on a path
             // that is merely busy, probe up again soon rather than after quinn's 10 minutes.
             .black_hole_cooldown(Duration::from_secs(10))
@@ -217,6 +229,7 @@ impl QuicLimits {
         // default 9/8-RTT reordering window shorter than a scheduling hiccup on a busy host;
         // a spurious loss halves the window. 1.5 RTT costs a real loss a fraction of an RTT.
         t.time_threshold(1.5);
+        t.send_window(self.send_window);
         t.max_concurrent_bidi_streams(self.max_streams.into())
             .max_concurrent_uni_streams(0u32.into())
             .keep_alive_interval(Some(self.keep_alive));

@@ -1,0 +1,200 @@
+//! The uplinks as stream handlers see them: which one to use for a new stream, whether it is
+//! still alive, and opening a stream that survives an uplink dying before it was answered.
+//!
+//! An uplink counts as alive while datagrams keep arriving on it: QUIC keep-alives every
+//! 300 ms are acknowledged, and heartbeats are echoed every second, so a silent uplink is
+//! noticed within [`STALE_AFTER`], long before QUIC's 5 s idle timeout gives up on it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, RecvStream, SendStream};
+use sat_proto::stream::{RejectCode, StreamHeader};
+use sat_transport::io::Rejected;
+use sat_transport::splice::{self, SpliceError};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// An uplink silent for this long gets no new streams, and streams waiting on it for an answer
+/// move to another uplink.
+const STALE_AFTER: Duration = Duration::from_millis(1000);
+/// How often a stream waiting for its answer checks that its uplink is still alive.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How long a stream handler waits for stream credit on a busy uplink.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Slot {
+    conn: Mutex<Option<Connection>>,
+    /// Milliseconds since `Uplinks::epoch` when this uplink last received anything.
+    heard_ms: AtomicU64,
+    /// Datagrams received on the connection when last looked at.
+    rx_datagrams: AtomicU64,
+    /// The control plane asked for no new streams on this uplink.
+    draining: AtomicBool,
+}
+
+pub struct Uplinks {
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+/// Why no stream could be had.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The control plane refused the stream.
+    Rejected(Rejected),
+    /// No uplink is alive, or every one failed.
+    NoUplink,
+}
+
+/// A stream the control plane accepted; `leftover` arrived behind its answer.
+pub struct Answered {
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub leftover: Bytes,
+}
+
+impl Uplinks {
+    pub fn new(count: usize) -> Self {
+        Self {
+            slots: (0..count).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Notes that uplink `i` heard from the control plane just now.
+    pub fn heard(&self, i: usize) {
+        self.slots[i]
+            .heard_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Installs (or clears) the connection of uplink `i`.
+    pub fn set(&self, i: usize, conn: Option<Connection>) {
+        let slot = &self.slots[i];
+        slot.draining.store(false, Ordering::Relaxed);
+        slot.rx_datagrams.store(0, Ordering::Relaxed);
+        if let Ok(mut guard) = slot.conn.lock() {
+            *guard = conn;
+        }
+        self.heard(i);
+    }
+
+    /// The control plane asked for no new streams on uplink `i`.
+    pub fn drain(&self, i: usize) {
+        self.slots[i].draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether uplink `i`, whose connection is `conn`, has received anything recently.
+    fn alive(&self, i: usize, conn: &Connection) -> bool {
+        if conn.close_reason().is_some() {
+            return false;
+        }
+        let slot = &self.slots[i];
+        let rx = conn.stats().udp_rx.datagrams;
+        if slot.rx_datagrams.swap(rx, Ordering::Relaxed) != rx {
+            self.heard(i);
+        }
+        let silent = self
+            .now_ms()
+            .saturating_sub(slot.heard_ms.load(Ordering::Relaxed));
+        silent <= STALE_AFTER.as_millis() as u64
+    }
+
+    /// The next usable uplink, round-robin, skipping those in `tried` (a bit per uplink).
+    fn pick(&self, tried: u64) -> Option<(usize, Connection)> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|k| (start + k) % n).find_map(|i| {
+            let slot = &self.slots[i];
+            if tried & (1 << i) != 0 || slot.draining.load(Ordering::Relaxed) {
+                return None;
+            }
+            let conn = slot.conn.lock().ok()?.clone()?;
+            self.alive(i, &conn).then_some((i, conn))
+        })
+    }
+
+    /// Resolves once uplink `i` has gone silent.
+    pub async fn gone_quiet(&self, i: usize, conn: &Connection) {
+        while self.alive(i, conn) {
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
+    }
+
+    /// Opens a stream on the next usable uplink (not one in `tried`) and sends `header` and
+    /// `early` on it. Returns the uplink's index with the stream.
+    pub async fn open(
+        &self,
+        header: &StreamHeader,
+        early: &Bytes,
+        tried: &mut u64,
+    ) -> Option<(usize, Connection, SendStream, RecvStream)> {
+        let mut buf = BytesMut::with_capacity(64 + early.len());
+        header.encode(&mut buf);
+        buf.extend_from_slice(early);
+        while let Some((i, conn)) = self.pick(*tried) {
+            *tried |= 1 << i;
+            match tokio::time::timeout(OPEN_TIMEOUT, conn.open_bi()).await {
+                Ok(Ok((mut send, recv))) => {
+                    if send.write_all(&buf).await.is_ok() {
+                        return Some((i, conn, send, recv));
+                    }
+                }
+                Ok(Err(e)) => debug!(uplink = i, "cannot open stream: {e}"),
+                Err(_) => warn!(uplink = i, "no stream credit within {OPEN_TIMEOUT:?}"),
+            }
+        }
+        None
+    }
+
+    /// Opens a stream, sends `header` and the user's `early` bytes, and waits for the control
+    /// plane's answer. If the uplink goes silent first, the same bytes go out again on another
+    /// uplink: nothing else has been sent, so the replay is safe.
+    pub async fn open_answered(
+        &self,
+        header: &StreamHeader,
+        early: Bytes,
+    ) -> Result<Answered, OpenError> {
+        let mut tried = 0u64;
+        loop {
+            let (i, conn, mut send, mut recv) = self
+                .open(header, &early, &mut tried)
+                .await
+                .ok_or(OpenError::NoUplink)?;
+            tokio::select! {
+                answer = splice::read_answer(&mut recv) => match answer {
+                    Ok(leftover) => return Ok(Answered { send, recv, leftover }),
+                    Err(SpliceError::Rejected(r)) => return Err(OpenError::Rejected(r)),
+                    Err(e) => debug!(uplink = i, "stream failed before its answer: {e}"),
+                },
+                () = self.gone_quiet(i, &conn) => {
+                    info!(uplink = i, "uplink {i} went silent before answering; retrying on another");
+                    let _ = send.reset(splice::ABORTED);
+                }
+            }
+        }
+    }
+}
+
+impl OpenError {
+    /// The refusal to pass on to a user: the control plane's, or ours when no uplink worked.
+    pub fn into_refusal(self, relay: &str) -> (RejectCode, String) {
+        match self {
+            Self::Rejected(r) => (r.code, r.message),
+            Self::NoUplink => (
+                RejectCode::NoUplink,
+                format!("relay {relay} has no uplink to the control plane; retry shortly"),
+            ),
+        }
+    }
+}
