@@ -1,0 +1,365 @@
+//! Starting and stopping: SIGTERM drain, `sat check-config`, and `sat up` from start to Ctrl-C.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------------------------------------
+// Drain
+
+/// Connecting to `addr` is refused within `within`. Polled: the listener closes some moments
+/// after the signal, and nothing announces it.
+async fn refused_within(addr: SocketAddr, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let attempt = tokio::time::timeout(SHORT, TcpStream::connect(addr)).await;
+        match attempt {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            _ => ensure!(
+                Instant::now() < deadline,
+                "{addr} still accepted connections {within:?} after SIGTERM"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn echo_relay(grace: &'static str) -> Result<(Relay, Net, Backend)> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let relay = net
+        .relay(RelayOpts {
+            drain_grace: grace,
+            tcp: vec!["echo".into()],
+            ..Default::default()
+        })
+        .await?;
+    Ok((relay, net, echo))
+}
+
+/// SIGTERM: new connections are refused at once, the tunnel already open carries on to its
+/// end, and then the relay exits 0, well within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_tunnels_and_refuses_new_ones() -> Result<()> {
+    const GRACE: Duration = Duration::from_secs(10);
+    let (mut relay, _net, _echo) = echo_relay("10s").await?;
+    let port = relay.tcp_port("echo")?;
+    let mut tunnel = connect(port).await?;
+    round_trip(&mut tunnel, b"before SIGTERM", SHORT).await?;
+
+    relay.proc.signal(libc::SIGTERM)?;
+    let signalled = Instant::now();
+    refused_within(port, Duration::from_secs(2)).await?;
+    refused_within(relay.https()?, Duration::from_secs(2)).await?;
+
+    // The tunnel opened before the signal still works both ways, to a clean end.
+    let data = random_bytes(5, 1 << 20);
+    let (r, w) = tunnel.into_split();
+    let back = tokio::time::timeout(SHORT, exchange(w, r, &data))
+        .await
+        .context("the in-flight tunnel stalled during the drain")??;
+    ensure!(
+        back == data,
+        "the in-flight tunnel lost data during the drain"
+    );
+
+    let status = relay.proc.wait_exit(GRACE + Duration::from_secs(3)).await?;
+    ensure!(
+        status.success(),
+        "relay exited with {status} after draining"
+    );
+    ensure!(
+        signalled.elapsed() < GRACE,
+        "relay took {:?} to exit; its only tunnel had ended long before the grace ran out",
+        signalled.elapsed()
+    );
+    Ok(())
+}
+
+/// A tunnel still open when the grace period ends is cut, and the relay exits 0 all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_ends_at_the_grace_period() -> Result<()> {
+    let (mut relay, _net, _echo) = echo_relay("2s").await?;
+    let mut tunnel = connect(relay.tcp_port("echo")?).await?;
+    round_trip(&mut tunnel, b"idle from now on", SHORT).await?;
+
+    relay.proc.signal(libc::SIGTERM)?;
+    let status = relay.proc.wait_exit(Duration::from_secs(2 + 5)).await?;
+    ensure!(
+        status.success(),
+        "relay exited with {status} at the end of its grace period"
+    );
+
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(SHORT, tunnel.read(&mut buf))
+        .await
+        .context("the idle tunnel stayed open after the relay exited")?;
+    ensure!(
+        matches!(read, Ok(0) | Err(_)),
+        "the idle tunnel received data: {read:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// check-config
+
+/// A control.toml and a relay toml that use every table, with their certificates.
+fn write_configs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let pki = Pki::new(dir)?;
+    pki.relay_certs("relay-1", &[])?;
+    let control = dir.join("control.toml");
+    let services = vec![
+        Service::tcp("ssh", "127.0.0.1:22".parse()?),
+        Service::http("web", "127.0.0.1:8080".parse()?, &["web.localhost"]),
+    ];
+    let opts = ControlOpts {
+        services,
+        response_timeout: Some("2s"),
+        connect_timeout: Some("1s"),
+    };
+    std::fs::write(&control, control_toml(&opts, "127.0.0.1:4433"))?;
+    let relay = dir.join("relay-1.toml");
+    let opts = RelayOpts {
+        plain_http: true,
+        header_timeout: Some("1s"),
+        max_header_size: Some(8192),
+        tcp: vec!["ssh".into()],
+        ..Default::default()
+    };
+    let uplink: SocketAddr = "127.0.0.1:4433".parse()?;
+    std::fs::write(&relay, relay_toml("relay-1", "eu-west", &[uplink], &opts))?;
+    Ok((control, relay))
+}
+
+async fn check_config(file: &Path) -> Result<(Option<i32>, String)> {
+    let mut cmd = sat_cmd(["check-config"]);
+    cmd.arg(file);
+    let (status, _, err) = run(cmd, SHORT).await?;
+    Ok((status.code(), err))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_accepts_good_files() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (control, relay) = write_configs(dir.path())?;
+    for file in [control, relay] {
+        let (code, err) = check_config(&file).await?;
+        ensure!(
+            code == Some(0),
+            "check-config {}: exit {code:?}\n{err}",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_names_the_misspelt_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (control, relay) = write_configs(dir.path())?;
+    for (file, good, typo) in [
+        (control, "listen =", "lisen ="),
+        (relay, "drain_grace =", "drain_grase ="),
+    ] {
+        let text = std::fs::read_to_string(&file)?;
+        ensure!(
+            text.contains(good),
+            "test setup: {good} not in {}",
+            file.display()
+        );
+        std::fs::write(&file, text.replacen(good, typo, 1))?;
+        let (code, err) = check_config(&file).await?;
+        let name = file
+            .file_name()
+            .context("file name")?
+            .to_string_lossy()
+            .into_owned();
+        let key = typo.trim_end_matches(" =");
+        ensure!(
+            code == Some(64),
+            "check-config on a typo ({key}) in {name}: exit {code:?}\n{err}"
+        );
+        ensure!(
+            err.contains(key) && err.contains(&name),
+            "check-config should name the file {name} and the key {key}; it said:\n{err}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// sat up
+
+#[derive(Debug)]
+struct ProcInfo {
+    pid: i32,
+    ppid: i32,
+    pgrp: i32,
+    state: char,
+}
+
+/// Every process on the machine, from /proc/<pid>/stat.
+fn processes() -> Vec<ProcInfo> {
+    let mut all = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // gone meanwhile
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if let [state, ppid, pgrp, ..] = fields[..] {
+            all.push(ProcInfo {
+                pid,
+                ppid: ppid.parse().unwrap_or(0),
+                pgrp: pgrp.parse().unwrap_or(0),
+                state: state.chars().next().unwrap_or('?'),
+            });
+        }
+    }
+    all
+}
+
+/// Runs a command line as a user pasting it into bash would, with `sat` on the PATH and
+/// "hello" typed on stdin; returns its stdout, or an error when it fails.
+async fn paste(line: &str, dir: &Path) -> Result<String> {
+    let bin_dir = Path::new(SAT).parent().context("sat binary path")?;
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(line)
+        .current_dir(dir)
+        .env("PATH", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(b"hello\n").await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .with_context(|| format!("`{line}` still running after 30 s"))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "`{line}` failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+fn descendants(root: i32) -> HashSet<i32> {
+    let all = processes();
+    let mut found = HashSet::from([root]);
+    loop {
+        let before = found.len();
+        for p in &all {
+            if found.contains(&p.ppid) {
+                found.insert(p.pid);
+            }
+        }
+        if found.len() == before {
+            found.remove(&root);
+            return found;
+        }
+    }
+}
+
+/// `sat up` on its fixed addresses (the one test that uses them): it comes up, the curl and
+/// `sat connect` lines it prints work when pasted, its TCP port echoes, its config files pass
+/// check-config, and Ctrl-C stops it with exit 0 and no process left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let mut cmd = sat_cmd(["up", "--data-dir"]);
+    cmd.arg(data.path());
+    // Its own process group, so that the test can send SIGINT as a terminal's Ctrl-C does.
+    let mut up = Proc::spawn_logged("sat up", cmd, true)?;
+    let out = up.out.clone().context("sat up stdout")?;
+    out.wait_for("ready", Duration::from_secs(90))
+        .await
+        .with_context(|| format!("sat up stderr:\n{}", up.log.tail()))?;
+
+    // The printed curl and `sat connect` commands, run as a user pasting them would.
+    let curl = out
+        .wait_line(0, SHORT, "a curl command", |l| {
+            l.find("curl ").map(|i| l[i..].to_owned())
+        })
+        .await?;
+    let body = paste(&curl, data.path()).await?;
+    ensure!(
+        ["us-east", "eu-west", "ap-south"]
+            .iter()
+            .any(|r| body.contains(r)),
+        "the demo page names no region:\n{body}"
+    );
+    let connect_line = out
+        .wait_line(0, SHORT, "a `sat connect echo` command", |l| {
+            (l.contains("connect echo") && !l.contains("ProxyCommand")).then(|| l.trim().to_owned())
+        })
+        .await?;
+    let echoed = paste(&connect_line, data.path()).await?;
+    ensure!(
+        echoed.contains("hello"),
+        "`{connect_line}` with \"hello\" on stdin printed {echoed:?}"
+    );
+
+    let mut echo = connect("127.0.0.2:7000").await?;
+    round_trip(&mut echo, b"ping", SHORT)
+        .await
+        .context("sat up's echo port")?;
+    echo.shutdown().await?;
+    drop(echo);
+
+    for file in ["control.toml", "relay-us-east.toml"] {
+        let (code, err) = check_config(&data.path().join(file)).await?;
+        ensure!(
+            code == Some(0),
+            "check-config on sat up's {file}: exit {code:?}\n{err}"
+        );
+    }
+
+    let pid = up.pid()?;
+    let children = descendants(pid);
+    eprintln!("sat up (pid {pid}) has descendants {children:?}");
+    up.signal_group(libc::SIGINT)?;
+    let status = up.wait_exit(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "sat up exited with {status} on Ctrl-C");
+
+    let left: Vec<ProcInfo> = processes()
+        .into_iter()
+        .filter(|p| p.state != 'Z' && p.pid != pid && (children.contains(&p.pid) || p.pgrp == pid))
+        .collect();
+    ensure!(
+        left.is_empty(),
+        "processes left after sat up exited: {left:?}"
+    );
+    Ok(())
+}

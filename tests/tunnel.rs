@@ -1,0 +1,278 @@
+//! TCP tunnels end to end: `sat connect` (QUIC, and the TLS-over-TCP fallback), `sat forward`,
+//! and a relay's own TCP port, each through a real control plane to a real backend.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+const MIB: usize = 1 << 20;
+
+/// 64 MiB out and back through `sat connect` over QUIC, hashed at both ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_through_sat_connect() -> Result<()> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+    let https = relay.https()?;
+    // `sat connect --relay HOST:PORT` reaches QUIC and the TLS fallback with one port number.
+    ensure!(
+        relay.quic.map(|q| q.port()) == Some(https.port()),
+        "QUIC {:?} and HTTPS {https} differ in port",
+        relay.quic
+    );
+
+    let mut tunnel = sat_connect("echo", https, net.ca())?;
+    let data = random_bytes(1, 64 * MIB);
+    let (stdin, stdout) = (tunnel.stdin()?, tunnel.stdout()?);
+    let back = tokio::time::timeout(Duration::from_secs(180), exchange(stdin, stdout, &data))
+        .await
+        .context("64 MiB echo did not finish within 180 s")??;
+
+    ensure!(
+        back.len() == data.len(),
+        "sent {} bytes, got {} back",
+        data.len(),
+        back.len()
+    );
+    ensure!(
+        sha256_hex(&back) == sha256_hex(&data),
+        "echoed bytes differ from what was sent"
+    );
+    let status = tunnel.wait_exit(SHORT).await?;
+    ensure!(
+        status.success(),
+        "sat connect exited with {status} after a clean close"
+    );
+    Ok(())
+}
+
+/// The client writes, then closes stdin; the backend answers only after that EOF, and the
+/// answer still arrives: FIN crosses the tunnel without closing the way back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_reaches_the_backend_and_the_answer_comes_back() -> Result<()> {
+    let sha = sha_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("sha", sha.addr)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+
+    let mut tunnel = sat_connect("sha", relay.https()?, net.ca())?;
+    let data = random_bytes(2, MIB);
+    let (stdin, stdout) = (tunnel.stdin()?, tunnel.stdout()?);
+    let answer = tokio::time::timeout(Duration::from_secs(30), exchange(stdin, stdout, &data))
+        .await
+        .context("no answer within 30 s after closing stdin")??;
+
+    ensure!(
+        String::from_utf8_lossy(&answer) == sha256_hex(&data),
+        "backend answered {:?}, expected the sha256 of the 1 MiB sent",
+        String::from_utf8_lossy(&answer)
+    );
+    let status = tunnel.wait_exit(SHORT).await?;
+    ensure!(status.success(), "sat connect exited with {status}");
+    Ok(())
+}
+
+/// A backend that aborts its connection (RST) makes the relay abort the user's connection too,
+/// rather than close it cleanly as if the data were complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_reset_reaches_the_client_as_a_reset() -> Result<()> {
+    let rst = reset_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("rst", rst.addr)]).await?;
+    let relay = net
+        .relay(RelayOpts {
+            tcp: vec!["rst".into()],
+            ..Default::default()
+        })
+        .await?;
+
+    let mut stream = connect(relay.tcp_port("rst")?).await?;
+    stream.write_all(b"hello").await?;
+    let mut buf = [0u8; 1024];
+    let outcome = tokio::time::timeout(SHORT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .context("the client's connection stayed open after the backend reset")?;
+
+    match outcome {
+        Ok(()) => anyhow::bail!("the client saw a clean EOF; the backend's reset was lost"),
+        Err(e) => ensure!(
+            e.kind() == std::io::ErrorKind::ConnectionReset,
+            "expected a connection reset, got {e}"
+        ),
+    }
+    Ok(())
+}
+
+/// 500 tunnels open at once through a relay TCP port, each echoing its own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_tunnels_keep_their_bytes_apart() -> Result<()> {
+    const TUNNELS: u64 = 500;
+    const SIZE: usize = 64 * 1024;
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let relay = net
+        .relay(RelayOpts {
+            tcp: vec!["echo".into()],
+            ..Default::default()
+        })
+        .await?;
+    let port = relay.tcp_port("echo")?;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Connect every tunnel before any sends: all 500 are open at the same time.
+    let mut connecting = JoinSet::new();
+    for i in 0..TUNNELS {
+        connecting.spawn(async move { (i, connect(port).await) });
+    }
+    let mut streams = Vec::new();
+    while let Some(joined) = tokio::time::timeout_at(deadline, connecting.join_next())
+        .await
+        .context("connecting 500 tunnels took over 120 s")?
+    {
+        let (i, stream) = joined?;
+        streams.push((i, stream.with_context(|| format!("tunnel {i}: connect"))?));
+    }
+
+    let mut running = JoinSet::new();
+    for (i, stream) in streams {
+        running.spawn(async move {
+            let data = random_bytes(1000 + i, SIZE);
+            let (r, w) = stream.into_split();
+            let back = exchange(w, r, &data)
+                .await
+                .with_context(|| format!("tunnel {i}"))?;
+            ensure!(
+                back == data,
+                "tunnel {i}: got {} bytes back, not its own {SIZE}",
+                back.len()
+            );
+            anyhow::Ok(())
+        });
+    }
+    let mut done = 0;
+    while let Some(joined) = tokio::time::timeout_at(deadline, running.join_next())
+        .await
+        .with_context(|| format!("only {done} of {TUNNELS} tunnels finished within 120 s"))?
+    {
+        joined??;
+        done += 1;
+    }
+    ensure!(done == TUNNELS, "{done} of {TUNNELS} tunnels finished");
+    Ok(())
+}
+
+/// An unknown service is refused, and `sat connect` says why on stderr and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_service_is_refused_with_a_message() -> Result<()> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+
+    // stdin stays open: the rejection alone must end the process.
+    let mut tunnel = sat_connect("nosuch", relay.https()?, net.ca())?;
+    let status = tunnel.wait_exit(SHORT).await?;
+    ensure!(
+        !status.success(),
+        "sat connect to an unknown service exited 0"
+    );
+    let said = tunnel.log.lines().join("\n");
+    ensure!(
+        said.contains("nosuch") && said.contains("unknown service"),
+        "stderr should name the service and say \"unknown service\"; it said:\n{said}"
+    );
+    Ok(())
+}
+
+/// A service whose backend refuses connections: the tunnel is refused, and the message says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_is_refused_with_a_message() -> Result<()> {
+    let mut net = Net::start(vec![Service::tcp("down", refused_addr()?)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+
+    let mut tunnel = sat_connect("down", relay.https()?, net.ca())?;
+    let status = tunnel.wait_exit(SHORT).await?;
+    ensure!(!status.success(), "sat connect to a dead backend exited 0");
+    let said = tunnel.log.lines().join("\n");
+    ensure!(
+        said.to_lowercase().contains("refused"),
+        "stderr should say the backend refused; it said:\n{said}"
+    );
+    Ok(())
+}
+
+/// With QUIC off at the relay, `sat connect` falls back to TLS over TCP on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_fallback_works_when_the_relay_has_no_quic() -> Result<()> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let relay = net
+        .relay(RelayOpts {
+            quic: false,
+            ..Default::default()
+        })
+        .await?;
+    ensure!(
+        !relay.proc.log.contains("listening on quic"),
+        "relay with quic = false still announced a QUIC socket"
+    );
+
+    let started = Instant::now();
+    let mut tunnel = sat_connect("echo", relay.https()?, net.ca())?;
+    let data = random_bytes(3, 4 * MIB);
+    let (stdin, stdout) = (tunnel.stdin()?, tunnel.stdout()?);
+    let back = tokio::time::timeout(Duration::from_secs(30), exchange(stdin, stdout, &data))
+        .await
+        .context("no echo over the TLS fallback within 30 s")??;
+    ensure!(
+        back == data,
+        "echo over the TLS fallback differs ({} bytes back)",
+        back.len()
+    );
+    eprintln!("fallback tunnel: 4 MiB echoed in {:?}", started.elapsed());
+    let status = tunnel.wait_exit(SHORT).await?;
+    ensure!(status.success(), "sat connect exited with {status}");
+    Ok(())
+}
+
+/// `sat forward` announces its local port and carries connections to the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sat_forward_carries_local_connections() -> Result<()> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+
+    let mut cmd = sat_cmd(["forward", "127.0.0.1:0", "echo", "--relay"]);
+    cmd.arg(relay.https()?.to_string())
+        .arg("--ca")
+        .arg(net.ca());
+    let forward = Proc::spawn("forward", cmd)?;
+    let local = forward
+        .log
+        .wait_listening("tcp", Some("echo"), STARTUP)
+        .await?;
+
+    for i in 0..3u64 {
+        let stream = connect(local).await?;
+        let data = random_bytes(10 + i, 256 * 1024);
+        let (r, w) = stream.into_split();
+        let back = tokio::time::timeout(SHORT, exchange(w, r, &data))
+            .await
+            .with_context(|| {
+                format!("connection {i} via sat forward: no echo within {SHORT:?}")
+            })??;
+        ensure!(back == data, "connection {i} via sat forward: echo differs");
+    }
+    Ok(())
+}
