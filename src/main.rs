@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// Every request allocates a stream's state and two HTTP connections' buffers, on whichever
+// worker thread runs it; glibc's malloc spent a sixth of the relay's CPU on that under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli::init_tracing(cli.command.default_log_level());
