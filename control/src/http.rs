@@ -7,21 +7,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use quinn::{RecvStream, SendStream};
+use sat_transport::http::{gather_small, text, Body};
 use sat_transport::io::QuicIo;
 use tracing::{debug, info};
 
 use crate::config::BackendSection;
 use crate::server::{accept, Shared};
 use crate::services::Service;
-
-type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Keep-alive connections to HTTP backends, keyed by backend address.
 #[derive(Clone)]
@@ -124,7 +122,19 @@ async fn forward(
                 .spawn(splice_upgraded(user_upgrade, backend_upgrade));
         }
     }
-    Ok(resp.map(BodyExt::boxed))
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(resp.map(BodyExt::boxed));
+    }
+    Ok(gather_small(resp).await.unwrap_or_else(|e| {
+        info!(backend = %service.backend, "backend response body failed: {e}");
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "backend of service \"{}\" failed mid-response",
+                service.name
+            ),
+        )
+    }))
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
@@ -182,18 +192,4 @@ fn io_error_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error
         cur = err.source();
     }
     None
-}
-
-/// A short plain-text answer naming the cause.
-pub(crate) fn text(status: StatusCode, msg: String) -> Response<Body> {
-    let body = Full::new(Bytes::from(msg + "\n"))
-        .map_err(|never: Infallible| match never {})
-        .boxed();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

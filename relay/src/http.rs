@@ -12,17 +12,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use sat_proto::stream::{StreamHeader, StreamKind};
+use sat_transport::http::{gather_small, text, Body};
 use sat_transport::io::{rejection, QuicIo};
 use tracing::{debug, info};
 
 use crate::relay::Relay;
-
-type Body = BoxBody<Bytes, hyper::Error>;
 
 /// What the relay knows about the connection a request came on.
 #[derive(Clone, Copy)]
@@ -133,10 +131,12 @@ async fn route(
                 .users
                 .spawn(splice_upgraded(user_upgrade, uplink_upgrade));
         }
-    } else {
-        strip_hop_by_hop(resp.headers_mut(), false);
+        return Ok(resp.map(BodyExt::boxed));
     }
-    Ok(resp.map(BodyExt::boxed))
+    strip_hop_by_hop(resp.headers_mut(), false);
+    gather_small(resp)
+        .await
+        .map_err(|e| bad_gateway(&service, &e))
 }
 
 fn empty() -> Body {
@@ -277,20 +277,6 @@ async fn splice_upgraded(user: hyper::upgrade::OnUpgrade, uplink: hyper::upgrade
         Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
         Err(e) => debug!("upgraded connection aborted: {e}"),
     }
-}
-
-/// A short plain-text answer naming the cause.
-fn text(status: StatusCode, msg: String) -> Response<Body> {
-    let body = Full::new(Bytes::from(msg + "\n"))
-        .map_err(|never: Infallible| match never {})
-        .boxed();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! - [`tls`]: certificates from PEM, rustls and quinn configs for uplinks and user tunnels.
 //! - [`splice`]: QUIC stream ⇄ TCP or any byte stream, with FIN/RST propagation.
 //! - [`io`]: a QUIC stream pair as one `AsyncRead + AsyncWrite`, for hyper.
+//! - [`http`]: what both ends of an HTTP stream share: the body type, plain-text answers.
 //! - [`header`]: reading a stream header or answer off a QUIC stream, bounded and timed.
 
 mod error;
 pub mod header;
+pub mod http;
 pub mod io;
 pub mod splice;
 pub mod tls;
