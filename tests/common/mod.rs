@@ -104,6 +104,12 @@ impl Log {
         });
     }
 
+    /// Waits until the pipe has closed and every line before that is recorded.
+    async fn wait_closed(&self, timeout: Duration) {
+        let mut rx = self.tx.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| l.closed)).await;
+    }
+
     /// A position in the log: `wait_*_since(mark, ..)` looks only at lines written after it.
     pub fn mark(&self) -> usize {
         self.tx.borrow().lines.len()
@@ -349,7 +355,14 @@ impl Proc {
     /// Waits for the process to exit, at most `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Ok(status?),
+            Ok(status) => {
+                // The process is gone, but the reader task may not have seen its last lines.
+                self.log.wait_closed(SHORT).await;
+                if let Some(out) = &self.out {
+                    out.wait_closed(SHORT).await;
+                }
+                Ok(status?)
+            }
             Err(_) => bail!(
                 "{} still running after {timeout:?}; last lines:\n{}",
                 self.name,
