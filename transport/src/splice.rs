@@ -287,6 +287,9 @@ async fn quic_to_quic(recv: &mut RecvStream, send: &mut SendStream) -> Result<u6
     while let Some(chunk) = recv.read_chunk(CHUNK, true).await? {
         total += chunk.bytes.len() as u64;
         send.write_chunk(chunk.bytes).await?;
+        // quinn takes no part in tokio's cooperative budget: without this, a stream that
+        // always has data ready would keep its worker thread from every other task.
+        tokio::task::consume_budget().await;
     }
     let _ = send.finish();
     Ok(total)
