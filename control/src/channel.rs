@@ -6,6 +6,7 @@ use std::time::Duration;
 use quinn::{Connection, RecvStream, SendStream};
 use sat_proto::control::{Drain, Frame, FrameDecoder, Heartbeat, Hello};
 use sat_proto::liveness::{Liveness, HEARTBEAT_TIMEOUT};
+use sat_transport::header::next_frame;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -99,22 +100,6 @@ fn check_hello(hello: &Hello, cert_name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-async fn next_frame(
-    recv: &mut RecvStream,
-    decoder: &mut FrameDecoder,
-) -> Result<Option<Frame>, String> {
-    loop {
-        if let Some(frame) = decoder.next_frame().map_err(|e| e.to_string())? {
-            return Ok(Some(frame));
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(format!("control channel: {e}")),
-        }
-    }
 }
 
 async fn write(send: &mut SendStream, frame: &Frame) -> Result<(), String> {

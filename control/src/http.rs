@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use quinn::{RecvStream, SendStream};
-use sat_transport::http::{gather_small, text, Body};
+use sat_transport::http::{gather_small, splice_upgraded, text, Body};
 use sat_transport::io::QuicIo;
 use tracing::{debug, info};
 
@@ -139,19 +139,6 @@ async fn forward(
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
-}
-
-async fn splice_upgraded(user: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
-    let (user, backend) = match tokio::try_join!(user, backend) {
-        Ok(pair) => pair,
-        Err(e) => return debug!("upgrade failed: {e}"),
-    };
-    let mut user = TokioIo::new(user);
-    let mut backend = TokioIo::new(backend);
-    match tokio::io::copy_bidirectional(&mut user, &mut backend).await {
-        Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
-        Err(e) => debug!("upgraded connection aborted: {e}"),
-    }
 }
 
 fn backend_error(

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use sat_proto::stream::{StreamHeader, StreamKind};
-use sat_transport::http::{gather_small, text, Body};
+use sat_transport::http::{gather_small, splice_upgraded, text, Body};
 use sat_transport::io::{rejection, QuicIo};
 use tracing::{debug, info};
 
@@ -264,19 +264,6 @@ fn bad_gateway(service: &str, e: &hyper::Error) -> Refusal {
         StatusCode::BAD_GATEWAY,
         format!("service \"{service}\": the stream to the control plane failed ({cause})"),
     )
-}
-
-async fn splice_upgraded(user: hyper::upgrade::OnUpgrade, uplink: hyper::upgrade::OnUpgrade) {
-    let (user, uplink) = match tokio::try_join!(user, uplink) {
-        Ok(pair) => pair,
-        Err(e) => return debug!("upgrade failed: {e}"),
-    };
-    let mut user = TokioIo::new(user);
-    let mut uplink = TokioIo::new(uplink);
-    match tokio::io::copy_bidirectional(&mut user, &mut uplink).await {
-        Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
-        Err(e) => debug!("upgraded connection aborted: {e}"),
-    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint, RecvStream};
+use quinn::{Connection, Endpoint};
 use rand::Rng;
 use sat_proto::control::{ConfigPush, Drain, Frame, FrameDecoder, Goodbye, Heartbeat, Hello};
 use sat_proto::liveness::{HeartbeatSchedule, HEARTBEAT_INTERVAL};
+use sat_transport::header::next_frame;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -181,22 +182,6 @@ async fn session(
                 return "closed".into();
             }
             reason = conn.closed() => return reason.to_string(),
-        }
-    }
-}
-
-async fn next_frame(
-    recv: &mut RecvStream,
-    decoder: &mut FrameDecoder,
-) -> Result<Option<Frame>, String> {
-    loop {
-        if let Some(frame) = decoder.next_frame().map_err(|e| e.to_string())? {
-            return Ok(Some(frame));
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(format!("control channel: {e}")),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Reading a header off the front of a stream: bounded in size and in time, and returning the
-//! bytes that arrived behind it (the opener does not wait for an answer before sending data).
+//! Reading what opens a stream (a header, bounded in size and in time, with the bytes that
+//! arrived behind it: the opener does not wait for an answer before sending data) and the
+//! frames of a control channel.
 
 use std::time::Duration;
 
@@ -57,6 +58,24 @@ where
         buf.reserve(512);
         if r.read_buf(&mut buf).await? == 0 {
             return Err(HeaderError::Eof);
+        }
+    }
+}
+
+/// The next control-channel frame off `recv`, `Ok(None)` when the peer finished the stream.
+/// The error is a sentence for the log; after it the channel must be closed.
+pub async fn next_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut sat_proto::control::FrameDecoder,
+) -> Result<Option<sat_proto::control::Frame>, String> {
+    loop {
+        if let Some(frame) = decoder.next_frame().map_err(|e| e.to_string())? {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("control channel: {e}")),
         }
     }
 }

@@ -48,3 +48,17 @@ pub async fn gather_small(resp: Response<Incoming>) -> Result<Response<Body>, hy
         .boxed();
     Ok(Response::from_parts(parts, body))
 }
+
+/// Joins two upgraded connections (a WebSocket, say) once both sides have switched protocols.
+pub async fn splice_upgraded(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
+    let (a, b) = match tokio::try_join!(a, b) {
+        Ok(pair) => pair,
+        Err(e) => return tracing::debug!("upgrade failed: {e}"),
+    };
+    let mut a = hyper_util::rt::TokioIo::new(a);
+    let mut b = hyper_util::rt::TokioIo::new(b);
+    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+        Err(e) => tracing::debug!("upgraded connection aborted: {e}"),
+    }
+}
