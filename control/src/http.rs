@@ -62,8 +62,12 @@ pub(crate) async fn serve(
     let shared = shared.clone();
     let handler =
         hyper::service::service_fn(move |req| forward(req, service.clone(), shared.clone()));
+    // One request per stream: closing our side right after the response lets the FIN ride
+    // with it, instead of waiting for the relay's FIN and answering it in a packet of its own.
+    // (hyper's `connection: close` is hop-by-hop; the relay drops it.)
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .keep_alive(false)
         .serve_connection(io, handler)
         .with_upgrades();
     if let Err(e) = conn.await {
