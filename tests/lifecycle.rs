@@ -87,6 +87,49 @@ async fn sigterm_drains_in_flight_tunnels_and_refuses_new_ones() -> Result<()> {
     Ok(())
 }
 
+/// During a drain, a client that already has a QUIC connection to the relay (here `sat forward`,
+/// which shares one connection among its tunnels) gets new tunnels refused at once with a
+/// message saying so, while its tunnel in flight carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_relay_refuses_new_streams_on_an_open_client_connection() -> Result<()> {
+    let (mut relay, net, _echo) = echo_relay("10s").await?;
+    let mut cmd = sat_cmd(["forward", "127.0.0.1:0", "echo", "--relay"]);
+    cmd.arg(relay.https()?.to_string())
+        .arg("--ca")
+        .arg(net.ca());
+    let forward = Proc::spawn("forward", cmd)?;
+    let local = forward
+        .log
+        .wait_listening("tcp", Some("echo"), STARTUP)
+        .await?;
+    let mut first = connect(local).await?;
+    round_trip(&mut first, b"before SIGTERM", SHORT).await?;
+
+    relay.proc.signal(libc::SIGTERM)?;
+    relay.proc.log.wait_for("draining", SHORT).await?;
+
+    let mut second = connect(local).await?;
+    second.write_all(b"too late").await?;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(SHORT, second.read(&mut buf))
+        .await
+        .context("a new tunnel during the drain was left hanging instead of refused")?;
+    ensure!(
+        matches!(read, Ok(0) | Err(_)),
+        "a new tunnel during the drain was carried: {read:?}"
+    );
+    forward.log.wait_for("draining", SHORT).await?;
+
+    round_trip(&mut first, b"during the drain", SHORT).await?;
+    drop(first);
+    let status = relay.proc.wait_exit(SHORT).await?;
+    ensure!(
+        status.success(),
+        "relay exited with {status} after draining"
+    );
+    Ok(())
+}
+
 /// A tunnel still open when the grace period ends is cut, and the relay exits 0 all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_ends_at_the_grace_period() -> Result<()> {

@@ -14,6 +14,7 @@ use sat_proto::stream::{ClientHeader, RejectCode, Response, StreamHeader, Stream
 use sat_transport::{header, splice};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::pool::Answered;
@@ -28,21 +29,45 @@ pub async fn serve_quic(incoming: quinn::Incoming, relay: Arc<Relay>, stop: Canc
         Ok(conn) => conn,
         Err(e) => return debug!(%peer, "client handshake failed: {e}"),
     };
+    // This connection's tunnels; the relay's drain waits for this task, which waits for them.
+    let tunnels = TaskTracker::new();
     loop {
         let (send, recv) = tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok(pair) => pair,
-                Err(e) => return debug!(%peer, "client connection closed: {e}"),
+                Err(e) => {
+                    debug!(%peer, "client connection closed: {e}");
+                    break;
+                }
             },
-            // Draining: take no new tunnels; the ones in flight keep the connection open
-            // until they end.
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
         };
         let span = info_span!("tunnel", %peer, via = "quic");
-        relay
-            .users
-            .spawn(quic_tunnel(send, recv, peer, relay.clone()).instrument(span));
+        tunnels.spawn(quic_tunnel(send, recv, peer, relay.clone()).instrument(span));
     }
+    tunnels.close();
+    if stop.is_cancelled() {
+        drain_connection(&conn, &tunnels).await;
+    }
+    tunnels.wait().await;
+}
+
+/// While a draining relay lets a connection's tunnels finish, new streams on it are refused at
+/// once (so the client can go elsewhere) rather than left waiting; then the connection closes.
+async fn drain_connection(conn: &Connection, tunnels: &TaskTracker) {
+    loop {
+        tokio::select! {
+            () = tunnels.wait() => break,
+            accepted = conn.accept_bi() => match accepted {
+                Ok((mut send, _recv)) => {
+                    let msg = "relay is draining; connect to another relay".to_string();
+                    refuse_quic(&mut send, RejectCode::Draining, msg).await;
+                }
+                Err(_) => return,
+            },
+        }
+    }
+    conn.close(0u32.into(), b"relay draining");
 }
 
 async fn quic_tunnel(
