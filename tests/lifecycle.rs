@@ -93,15 +93,7 @@ async fn sigterm_drains_in_flight_tunnels_and_refuses_new_ones() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_relay_refuses_new_streams_on_an_open_client_connection() -> Result<()> {
     let (mut relay, net, _echo) = echo_relay("10s").await?;
-    let mut cmd = sat_cmd(["forward", "127.0.0.1:0", "echo", "--relay"]);
-    cmd.arg(relay.https()?.to_string())
-        .arg("--ca")
-        .arg(net.ca());
-    let forward = Proc::spawn("forward", cmd)?;
-    let local = forward
-        .log
-        .wait_listening("tcp", Some("echo"), STARTUP)
-        .await?;
+    let (forward, local) = sat_forward(relay.https()?, net.ca(), "echo").await?;
     let mut first = connect(local).await?;
     round_trip(&mut first, b"before SIGTERM", SHORT).await?;
 

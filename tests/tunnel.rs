@@ -253,15 +253,7 @@ async fn sat_forward_carries_local_connections() -> Result<()> {
     let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
     let relay = net.relay(RelayOpts::default()).await?;
 
-    let mut cmd = sat_cmd(["forward", "127.0.0.1:0", "echo", "--relay"]);
-    cmd.arg(relay.https()?.to_string())
-        .arg("--ca")
-        .arg(net.ca());
-    let forward = Proc::spawn("forward", cmd)?;
-    let local = forward
-        .log
-        .wait_listening("tcp", Some("echo"), STARTUP)
-        .await?;
+    let (_forward, local) = sat_forward(relay.https()?, net.ca(), "echo").await?;
 
     for i in 0..3u64 {
         let stream = connect(local).await?;

@@ -421,6 +421,23 @@ where
     cmd
 }
 
+/// `sat forward 127.0.0.1:0 SERVICE` through the relay at `relay`; returns the process and the
+/// local address it listens on.
+pub async fn sat_forward(
+    relay: SocketAddr,
+    ca: &Path,
+    service: &str,
+) -> Result<(Proc, SocketAddr)> {
+    let mut cmd = sat_cmd(["forward", "127.0.0.1:0", service, "--relay"]);
+    cmd.arg(relay.to_string()).arg("--ca").arg(ca);
+    let forward = Proc::spawn("forward", cmd)?;
+    let local = forward
+        .log
+        .wait_listening("tcp", Some(service), STARTUP)
+        .await?;
+    Ok((forward, local))
+}
+
 /// `sat connect SERVICE --relay ADDR --ca CA`, stdin and stdout piped: the tunnel's two ends.
 pub fn sat_connect(service: &str, relay: SocketAddr, ca: &Path) -> Result<Proc> {
     let mut cmd = sat_cmd(["connect", service, "--relay", &relay.to_string(), "--ca"]);
