@@ -69,6 +69,20 @@ impl<R: AsyncRead + Unpin> Prefixed<R> {
         }
     }
 
+    /// Waits for the peer's answer, if one is awaited: `Ok` once it accepted, an error holding
+    /// [`Rejected`] if it refused.
+    pub async fn answer(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_answer(cx)).await
+    }
+
+    /// The bytes read off the stream but not handed out yet (what followed the answer).
+    pub fn into_pending(self) -> Bytes {
+        match self.state {
+            State::Pending(pending) => pending,
+            State::Awaiting(_) => Bytes::new(),
+        }
+    }
+
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let State::Awaiting(buf) = &mut self.state {
             match Response::decode(buf).map_err(io::Error::other)? {

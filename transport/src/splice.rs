@@ -17,8 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
-use crate::io::Rejected;
-use sat_proto::stream::Response;
+use crate::io::{Prefixed, Rejected};
 
 /// Largest read from a socket in one go.
 const CHUNK: usize = 64 * 1024;
@@ -257,28 +256,13 @@ async fn quic_to_io<W: AsyncWrite + Unpin>(
 /// Reads the peer's answer off the front of `recv`; returns the bytes that followed it. A
 /// refusal is [`SpliceError::Rejected`].
 pub async fn read_answer(recv: &mut RecvStream) -> Result<Bytes, SpliceError> {
-    let mut buf = BytesMut::new();
-    loop {
-        match Response::decode(&buf) {
-            Ok(Some((Response::Accepted, used))) => {
-                let _ = buf.split_to(used);
-                return Ok(buf.freeze());
-            }
-            Ok(Some((Response::Rejected { code, message }, _))) => {
-                return Err(SpliceError::Rejected(Rejected { code, message }));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(SpliceError::Local(io::Error::other(e))),
-        }
-        match recv.read_chunk(1024, true).await? {
-            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
-            None => {
-                return Err(SpliceError::Local(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "stream closed before the control plane answered",
-                )))
-            }
-        }
+    let mut answered = Prefixed::awaiting_answer(&mut *recv);
+    match answered.answer().await {
+        Ok(()) => Ok(answered.into_pending()),
+        Err(e) => match e.downcast::<Rejected>() {
+            Ok(rejected) => Err(SpliceError::Rejected(rejected)),
+            Err(e) => Err(SpliceError::Local(e)),
+        },
     }
 }
 
