@@ -12,7 +12,6 @@ use tracing::info;
 
 use crate::pool::Uplinks;
 use crate::routes::Routes;
-use crate::uplink;
 
 pub struct Relay {
     pub name: String,
@@ -51,7 +50,11 @@ impl Relay {
 
     pub fn apply(&self, push: &ConfigPush) {
         self.routes.send_if_modified(|current| {
-            if !uplink::newer(current.as_ref().map(|r| r.generation), push) {
+            // A push older than what we run (from a lagging replica) changes nothing.
+            if current
+                .as_ref()
+                .is_some_and(|r| push.generation <= r.generation)
+            {
                 return false;
             }
             info!(
@@ -73,14 +76,14 @@ impl Relay {
 
     pub fn heartbeat(&self, seq: u64, conn: &Connection) -> Heartbeat {
         let generation = self.routes.borrow().as_ref().map_or(0, |r| r.generation);
-        uplink::heartbeat(
+        Heartbeat {
             seq,
-            conn,
-            self.open_streams.load(Ordering::Relaxed),
-            self.users.len() as u64,
+            open_streams: self.open_streams.load(Ordering::Relaxed),
+            user_connections: self.users.len() as u64,
+            rtt_us: conn.rtt().as_micros() as u64,
             generation,
-            self.draining.is_cancelled(),
-        )
+            draining: self.draining.is_cancelled(),
+        }
     }
 
     /// Counts a stream to the control plane for as long as the guard lives.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint};
 use rand::Rng;
-use sat_proto::control::{ConfigPush, Drain, Frame, FrameDecoder, Goodbye, Heartbeat, Hello};
+use sat_proto::control::{Drain, Frame, FrameDecoder, Goodbye, Hello};
 use sat_proto::liveness::{HeartbeatSchedule, HEARTBEAT_INTERVAL};
 use sat_transport::header::next_frame;
 use tokio::time::Instant;
@@ -184,28 +184,4 @@ async fn session(
             reason = conn.closed() => return reason.to_string(),
         }
     }
-}
-
-/// Builds a heartbeat from the relay's counters.
-pub(crate) fn heartbeat(
-    seq: u64,
-    conn: &Connection,
-    open_streams: u64,
-    user_connections: u64,
-    generation: u64,
-    draining: bool,
-) -> Heartbeat {
-    Heartbeat {
-        seq,
-        open_streams,
-        user_connections,
-        rtt_us: conn.rtt().as_micros() as u64,
-        generation,
-        draining,
-    }
-}
-
-/// Applies a push if it is newer than what we run.
-pub(crate) fn newer(current: Option<u64>, push: &ConfigPush) -> bool {
-    current.is_none_or(|g| push.generation > g)
 }
