@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sat_client::{ClientError, Dialer};
 use sat_control::ControlConfig;
+use sat_proto::stream::RejectCode;
 use sat_relay::RelayConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -16,7 +17,9 @@ use tracing::{error, info, warn};
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 pub const EXIT_SOFTWARE: u8 = 70;
-const EXIT_FAILURE: u8 = 1;
+/// An access or admin token was refused.
+pub const EXIT_NOPERM: u8 = 77;
+pub const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
 #[command(
@@ -62,9 +65,16 @@ pub enum Command {
     ///
     /// SIGTERM drains: listeners close, connections in flight get `drain_grace` to finish.
     /// SIGINT stops at once.
+    ///
+    /// A new relay enrols first: create a token on the control plane with
+    /// `sat admin relay-token create --region eu-west --name relay-eu-1`, then start the relay
+    /// once with `--token`. Its certificate is kept in `[relay] data_dir` and renewed by itself.
     Relay {
         #[arg(long, short)]
         config: PathBuf,
+        /// One-time enrolment token; ignored once the relay is enrolled.
+        #[arg(long, env = "SAT_RELAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Tunnel stdin/stdout to a TCP service through a relay, for OpenSSH's ProxyCommand:
     ///
@@ -94,6 +104,9 @@ pub enum Command {
         /// The file to check; [control] or [relay] at the top tells which kind it is.
         file: PathBuf,
     },
+    /// Manage a running control plane through its admin API: enrol, drain and revoke relays,
+    /// add and remove services, issue and revoke access tokens, read the audit log.
+    Admin(crate::admin::AdminArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,13 +117,16 @@ pub struct RelayArgs {
     /// CA bundle that signed the relay's certificate [default: the `sat up` CA, if present]
     #[arg(long, env = "SAT_CA")]
     ca: Option<PathBuf>,
+    /// Access token for a service that requires one (from `sat admin token create`).
+    #[arg(long, env = "SAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl Command {
     /// `sat connect` runs under ssh, whose terminal must not fill with our info lines.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Self::Connect { .. } | Self::CheckConfig { .. } => "warn",
+            Self::Connect { .. } | Self::CheckConfig { .. } | Self::Admin(_) => "warn",
             _ => "info",
         }
     }
@@ -119,7 +135,7 @@ impl Command {
         match self {
             Self::Up { data_dir, relays } => up(data_dir, relays).await,
             Self::Control { config } => control(&config).await,
-            Self::Relay { config } => relay(&config).await,
+            Self::Relay { config, token } => relay(&config, token).await,
             Self::Connect { service, relay } => connect(&service, &relay).await,
             Self::Forward {
                 local_addr,
@@ -127,6 +143,7 @@ impl Command {
                 relay,
             } => forward(&local_addr, service, &relay).await,
             Self::CheckConfig { file } => check_config(&file),
+            Self::Admin(args) => args.run().await,
         }
     }
 }
@@ -196,30 +213,27 @@ async fn control(path: &Path) -> u8 {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    let socket = match std::net::UdpSocket::bind(config.control.listen) {
+    let sockets = match sat_control::Sockets::bind(&config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "sat control: cannot listen on {} (udp): {e}",
-                config.control.listen
-            );
+            eprintln!("sat control: {e}");
             return EXIT_UNAVAILABLE;
         }
     };
-    if let Ok(addr) = socket.local_addr() {
-        info!("listening on quic {addr}");
-    }
     report(
-        sat_control::run(config, socket, signals(true)).await,
+        sat_control::run(config, sockets, signals(true)).await,
         "control",
     )
 }
 
-async fn relay(path: &Path) -> u8 {
-    let config = match RelayConfig::load(path) {
+async fn relay(path: &Path, token: Option<String>) -> u8 {
+    let mut config = match RelayConfig::load(path) {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
+    if let Some(token) = token {
+        config.relay.token = Some(sat_relay::config::Secret::new(token));
+    }
     let sockets = match sat_relay::Sockets::bind(&config) {
         Ok(s) => s,
         Err(e) => {
@@ -259,7 +273,11 @@ async fn dialer(args: &RelayArgs) -> Result<Dialer, ClientError> {
             ca
         }
     };
-    Dialer::new(&args.relay, &ca).await
+    let dialer = Dialer::new(&args.relay, &ca).await?;
+    Ok(match &args.token {
+        Some(token) => dialer.with_token(token.trim().to_owned()),
+        None => dialer,
+    })
 }
 
 fn client_exit(e: &ClientError) -> u8 {
@@ -267,6 +285,10 @@ fn client_exit(e: &ClientError) -> u8 {
         ClientError::RelayAddr(_) | ClientError::NoCa { .. } | ClientError::Transport(_) => {
             EXIT_USAGE
         }
+        ClientError::Refused {
+            code: RejectCode::Unauthorized,
+            ..
+        } => EXIT_NOPERM,
         ClientError::Refused { .. }
         | ClientError::Unreachable { .. }
         | ClientError::Resolve { .. } => EXIT_UNAVAILABLE,
@@ -338,15 +360,13 @@ fn check(path: &Path) -> Result<&'static str, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if table.contains_key("control") {
         let c = ControlConfig::parse(&text, path).map_err(|e| e.to_string())?;
-        c.tls
-            .load()
-            .map_err(|e| format!("{}: [tls]: {e}", path.display()))?;
+        if let Some(ca) = &c.ca {
+            sat_control::pki::Ca::load_files(&ca.cert, &ca.key)
+                .map_err(|e| format!("{}: [ca]: {e}", path.display()))?;
+        }
         Ok("control")
     } else if table.contains_key("relay") {
         let c = RelayConfig::parse(&text, path).map_err(|e| e.to_string())?;
-        c.tls
-            .load()
-            .map_err(|e| format!("{}: [tls]: {e}", path.display()))?;
         if let Some(h) = &c.https {
             sat_transport::tls::Identity::load(&h.cert, &h.key)
                 .map_err(|e| format!("{}: [https]: {e}", path.display()))?;

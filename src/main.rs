@@ -1,6 +1,7 @@
 //! `sat`: the Satellite command line. Parse, set up logging, build the runtime, run the
 //! command, map its error to an exit code. The logic lives in the library crates.
 
+mod admin;
 mod cli;
 
 use std::process::ExitCode;

@@ -163,18 +163,23 @@ fn write_configs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         services,
         response_timeout: Some("2s"),
         connect_timeout: Some("1s"),
+        relay_cert_lifetime: Some("12h"),
     };
-    std::fs::write(&control, control_toml(&opts, "127.0.0.1:4433"))?;
+    std::fs::write(
+        &control,
+        control_toml(&opts, "127.0.0.1:4433", "127.0.0.1:4434"),
+    )?;
     let relay = dir.join("relay-1.toml");
     let opts = RelayOpts {
         plain_http: true,
         header_timeout: Some("1s"),
         max_header_size: Some(8192),
         tcp: vec!["ssh".into()],
+        health: true,
         ..Default::default()
     };
     let uplink: SocketAddr = "127.0.0.1:4433".parse()?;
-    std::fs::write(&relay, relay_toml("relay-1", "eu-west", &[uplink], &opts))?;
+    std::fs::write(&relay, relay_toml("relay-1", &[uplink], &opts))?;
     Ok((control, relay))
 }
 

@@ -37,6 +37,8 @@ pub struct Dialer {
     tls: TlsConnector,
     /// The QUIC connection, once one works; later tunnels open streams on it.
     quic: Mutex<Option<Connection>>,
+    /// The service access token sent in every tunnel's header; empty for none.
+    token: String,
 }
 
 impl Dialer {
@@ -77,14 +79,22 @@ impl Dialer {
             endpoint,
             tls: TlsConnector::from(Arc::new(tcp_tls)),
             quic: Mutex::new(None),
+            token: String::new(),
         })
+    }
+
+    /// Sends `token` (from `sat admin token create`) with every tunnel, for services that
+    /// require one. Services that do not ignore it.
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = token;
+        self
     }
 
     /// Opens a tunnel to `service` and sends its header (and nothing else).
     pub async fn open(&self, service: &str) -> Result<Transport, ClientError> {
         let header = ClientHeader {
             service: service.into(),
-            token: String::new(),
+            token: self.token.clone(),
         };
         let mut buf = BytesMut::new();
         header.encode(&mut buf);

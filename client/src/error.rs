@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use sat_proto::stream::RejectCode;
 use thiserror::Error;
 
 /// Why a tunnel could not be opened or ended badly. The messages are shown to users as-is.
@@ -27,7 +28,12 @@ pub enum ClientError {
     },
     /// The relay or the control plane refused the tunnel; the reason comes from them.
     #[error("service \"{service}\" refused: {message}")]
-    Refused { service: String, message: String },
+    Refused {
+        service: String,
+        /// Lets the caller tell a refused access token (`Unauthorized`) from the rest.
+        code: RejectCode,
+        message: String,
+    },
     #[error("tunnel to \"{service}\" failed: {source}")]
     Io {
         service: String,

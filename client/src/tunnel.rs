@@ -61,6 +61,7 @@ fn classify(service: &str, e: std::io::Error) -> ClientError {
     match rejection(&e) {
         Some(r) => ClientError::Refused {
             service: service.into(),
+            code: r.code,
             message: r.message.clone(),
         },
         None => ClientError::Io {
@@ -111,6 +112,7 @@ async fn forward_one(dialer: &Dialer, tcp: TcpStream, service: &str) -> Result<(
                 Ok(_) => Ok(()),
                 Err(SpliceError::Rejected(r)) => Err(ClientError::Refused {
                     service: service.into(),
+                    code: r.code,
                     message: r.message,
                 }),
                 Err(e) => {

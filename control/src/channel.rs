@@ -33,6 +33,16 @@ pub(crate) async fn run(
         Err(_) => return Err(format!("no Hello within {HELLO_TIMEOUT:?}")),
     };
     check_hello(&hello, cert_name)?;
+    shared.registry.connected(&hello, conn);
+    let location = hello.location.map(|l| (l.lat, l.lon));
+    let now = crate::publish::now_ms();
+    if let Err(e) = shared
+        .store
+        .touch_relay(cert_name, &hello.version, &hello.addresses, location, now)
+        .await
+    {
+        warn!("cannot record the relay's Hello: {e}");
+    }
     info!(
         region = %hello.region,
         uplink = hello.uplink,
@@ -41,8 +51,8 @@ pub(crate) async fn run(
         "relay connected"
     );
 
-    let mut services = shared.services.clone();
-    let push = Frame::ConfigPush(services.borrow_and_update().push());
+    let mut snapshot = shared.snapshot.clone();
+    let push = Frame::ConfigPush(snapshot.borrow_and_update().push.clone());
     write(&mut send, &push).await?;
 
     let mut liveness = Liveness::new(Instant::now().into_std(), HEARTBEAT_TIMEOUT);
@@ -57,7 +67,8 @@ pub(crate) async fn run(
                         info!("heartbeats resumed");
                     }
                     // Echo it, so the relay knows this uplink is alive end to end.
-                    let echo = Heartbeat { rtt_us: conn.rtt().as_micros() as u64, ..hb };
+                    let echo = Heartbeat { rtt_us: conn.rtt().as_micros() as u64, ..hb.clone() };
+                    shared.registry.heartbeat(cert_name, conn, hb);
                     write(&mut send, &Frame::Heartbeat(echo)).await?;
                 }
                 Some(Frame::Drain(d)) => info!(reason = %d.reason, "relay is draining"),
@@ -67,20 +78,23 @@ pub(crate) async fn run(
                 }
                 Some(Frame::Hello(_)) => return Err("second Hello on one control channel".into()),
                 Some(Frame::ConfigPush(_)) => return Err("relays do not push config".into()),
+                Some(f @ (Frame::Renew(_) | Frame::Renewed(_) | Frame::Refused(_) | Frame::Enrol(_) | Frame::Enrolled(_))) => {
+                    return Err(format!("unexpected {} frame from a relay", f.name()))
+                }
                 Some(Frame::Unknown(t)) => debug!(frame_type = t, "skipping unknown control frame"),
                 None => return Ok(()),
             },
-            changed = services.changed() => {
+            changed = snapshot.changed() => {
                 if changed.is_err() {
                     return Ok(());
                 }
-                let push = Frame::ConfigPush(services.borrow_and_update().push());
+                let push = Frame::ConfigPush(snapshot.borrow_and_update().push.clone());
                 write(&mut send, &push).await?;
             }
             () = tokio::time::sleep_until(liveness.deadline().into()), if !missed => {
                 if !liveness.is_alive(Instant::now().into_std()) {
                     missed = true;
-                    warn!("no heartbeat for {HEARTBEAT_TIMEOUT:?}; relay is out of rotation");
+                    warn!("no heartbeat on this uplink for {HEARTBEAT_TIMEOUT:?}");
                 }
             }
             () = shared.draining.cancelled(), if !told_to_drain => {

@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sat_proto::control::Access;
 use sat_proto::stream::{validate_service_name, StreamKind};
-use sat_transport::tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::ControlError;
@@ -15,7 +15,10 @@ use crate::ControlError;
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     pub control: ControlSection,
-    pub tls: TlsFiles,
+    /// The operator's own CA; without it the control plane makes one in its data dir.
+    pub ca: Option<CaFiles>,
+    #[serde(default)]
+    pub admin: AdminSection,
     #[serde(default)]
     pub backend: BackendSection,
     #[serde(default, rename = "service")]
@@ -32,6 +35,40 @@ pub struct ControlSection {
     /// On SIGTERM, how long in-flight streams may run before they are cut.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// The store (`sat.db`), the CA if the control plane made it, and `admin.token`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Names in the uplink certificate; relays dial with one of them as `uplink.server_name`.
+    #[serde(default = "default_server_names")]
+    pub server_names: Vec<String>,
+    /// How long a relay certificate is valid. Relays renew after two thirds of it.
+    #[serde(default = "default_cert_lifetime", with = "humantime_serde")]
+    pub relay_cert_lifetime: Duration,
+}
+
+/// `[ca]`: a CA the operator provides instead of the one the control plane would make.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[admin]`: the admin API's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// HTTP (no TLS): keep it on loopback or behind a TLS-terminating proxy.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +104,22 @@ pub struct ServiceConfig {
     pub backend: String,
     #[serde(default)]
     pub hostnames: Vec<String>,
+    /// `token`: users need a service access token.
+    #[serde(default)]
+    pub access: Access,
+}
+
+fn default_data_dir() -> PathBuf {
+    "/var/lib/sat/control".into()
+}
+fn default_server_names() -> Vec<String> {
+    vec!["sat-control".into()]
+}
+fn default_cert_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4434))
 }
 
 fn default_name() -> String {
@@ -106,45 +159,78 @@ impl ControlConfig {
         let mut config: Self = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         config.validate().map_err(err)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        config.tls.resolve(&base);
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.control.data_dir);
+        if let Some(ca) = &mut config.ca {
+            resolve(&mut ca.cert);
+            resolve(&mut ca.key);
+        }
         Ok(config)
     }
 
     fn validate(&mut self) -> Result<(), String> {
+        let c = &self.control;
+        if c.server_names.is_empty() {
+            return Err(
+                "control.server_names: give at least one name for the uplink certificate".into(),
+            );
+        }
+        if c.relay_cert_lifetime < Duration::from_secs(10) {
+            return Err(format!(
+                "control.relay_cert_lifetime: {:?} is too short; relays need at least 10s to renew",
+                c.relay_cert_lifetime
+            ));
+        }
         let mut names = HashMap::new();
         let mut hosts: HashMap<String, String> = HashMap::new();
         for (i, s) in self.services.iter_mut().enumerate() {
             let at = format!("service[{i}]");
-            validate_service_name(&s.name).map_err(|e| format!("{at}.name: {e}"))?;
+            s.normalise().map_err(|e| format!("{at}.{e}"))?;
             if let Some(prev) = names.insert(s.name.clone(), i) {
                 return Err(format!(
                     "{at}.name: \"{}\" is already the name of service[{prev}]; names must be unique",
                     s.name
                 ));
             }
-            validate_backend(&s.backend).map_err(|e| format!("{at}.backend: {e}"))?;
-            match s.kind {
-                StreamKind::Tcp if !s.hostnames.is_empty() => {
-                    return Err(format!(
-                        "{at}.hostnames: only http services are routed by host name; remove it or set kind = \"http\""
-                    ));
-                }
-                StreamKind::Http if s.hostnames.is_empty() => {
-                    return Err(format!(
-                        "{at}.hostnames: an http service needs at least one host name to be reachable"
-                    ));
-                }
-                _ => {}
-            }
-            for h in &mut s.hostnames {
-                *h = h.trim_end_matches('.').to_ascii_lowercase();
-                validate_hostname(h).map_err(|e| format!("{at}.hostnames: {e}"))?;
+            for h in &s.hostnames {
                 if let Some(other) = hosts.insert(h.clone(), s.name.clone()) {
                     return Err(format!(
                         "{at}.hostnames: \"{h}\" is already routed to service \"{other}\""
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig {
+    /// Checks one service on its own and lower-cases its host names. The error starts with the
+    /// key at fault (`backend: ...`), for the caller to prefix with where the service came from.
+    pub fn normalise(&mut self) -> Result<(), String> {
+        validate_service_name(&self.name).map_err(|e| format!("name: {e}"))?;
+        validate_backend(&self.backend).map_err(|e| format!("backend: {e}"))?;
+        match self.kind {
+            StreamKind::Tcp if !self.hostnames.is_empty() => {
+                return Err(
+                    "hostnames: only http services are routed by host name; remove it or set kind = \"http\"".into(),
+                );
+            }
+            StreamKind::Http if self.hostnames.is_empty() => {
+                return Err(
+                    "hostnames: an http service needs at least one host name to be reachable"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        for h in &mut self.hostnames {
+            *h = h.trim_end_matches('.').to_ascii_lowercase();
+            validate_hostname(h).map_err(|e| format!("hostnames: {e}"))?;
         }
         Ok(())
     }
@@ -189,10 +275,7 @@ mod tests {
     const GOOD: &str = r#"
         [control]
         listen = "127.0.0.1:4433"
-        [tls]
-        ca = "ca.pem"
-        cert = "c.pem"
-        key = "k.pem"
+        data_dir = "state"
         [backend]
         connect_timeout = "2s"
         [[service]]
@@ -217,7 +300,9 @@ mod tests {
         assert_eq!(c.backend.response_timeout, Duration::from_secs(30));
         assert_eq!(c.control.drain_grace, Duration::from_secs(30));
         assert_eq!(c.services[0].hostnames, vec!["web.example.com"]);
-        assert_eq!(c.tls.ca, PathBuf::from("/etc/sat/ca.pem"));
+        assert_eq!(c.control.data_dir, PathBuf::from("/etc/sat/state"));
+        assert_eq!(c.control.relay_cert_lifetime, Duration::from_secs(86400));
+        assert_eq!(c.admin.listen.port(), 4434);
     }
 
     #[test]

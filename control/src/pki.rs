@@ -46,8 +46,23 @@ impl IssuedCert {
 }
 
 pub struct Ca {
+    /// The issuer as rcgen needs it for signing.
     cert: rcgen::Certificate,
     key: KeyPair,
+    /// The certificate exactly as relays and clients have it: its fingerprint is what
+    /// enrolment tokens pin, so it must never be re-encoded.
+    pem: String,
+    der: Vec<u8>,
+}
+
+/// A relay certificate signed from its CSR.
+#[derive(Debug, Clone)]
+pub struct SignedCert {
+    pub cert_pem: String,
+    /// Lower-case hex, as the control plane records it and finds it again at each handshake.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 impl std::fmt::Debug for Ca {
@@ -72,7 +87,35 @@ impl Ca {
         set_validity(&mut params, Duration::from_secs(10 * 365 * 24 * 3600));
         let key = KeyPair::generate().map_err(pki)?;
         let cert = params.self_signed(&key).map_err(pki)?;
-        Ok(Self { cert, key })
+        Ok(Self {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            cert,
+            key,
+        })
+    }
+
+    /// The CA in `dir` (`ca.pem`, `ca-key.pem`), created on first use.
+    pub fn load_or_create(dir: &Path, common_name: &str) -> Result<Self, ControlError> {
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+        if cert.exists() {
+            return Self::load_files(&cert, &key);
+        }
+        let ca = Self::generate(common_name)?;
+        ca.write(dir, "ca")?;
+        tracing::info!(path = %cert.display(), "created the control plane's CA");
+        Ok(ca)
+    }
+
+    /// A CA from the operator's PEM files.
+    pub fn load_files(cert: &Path, key: &Path) -> Result<Self, ControlError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| ControlError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Self::load(&read(cert)?, &read(key)?)
     }
 
     /// Loads a CA from its PEM certificate and key (one the operator provides, or ours).
@@ -81,11 +124,58 @@ impl Ca {
         let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(pki)?;
         // Re-signing the same parameters with the same key yields an equivalent issuer.
         let cert = params.self_signed(&key).map_err(pki)?;
-        Ok(Self { cert, key })
+        let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|e| ControlError::Pki(format!("CA certificate PEM: {e}")))?
+            .1
+            .contents;
+        Ok(Self {
+            cert,
+            key,
+            pem: cert_pem.to_owned(),
+            der,
+        })
     }
 
     pub fn cert_pem(&self) -> String {
-        self.cert.pem()
+        self.pem.clone()
+    }
+
+    pub fn cert_der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.der.clone().into()
+    }
+
+    /// SHA-256 of the CA certificate: the pin enrolment tokens carry.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        sat_transport::pin::fingerprint(&self.cert_der())
+    }
+
+    /// Signs a relay's CSR as a client certificate for `name`, valid for `lifetime`. Only the
+    /// CSR's public key is used: the name, usage and lifetime are the control plane's to decide.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<SignedCert, ControlError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| ControlError::Pki(format!("certificate signing request: {e}")))?;
+        let params = leaf_params(&[name.to_owned()], Usage::Client, lifetime)?;
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| sat_transport::pin::hex(&s.to_bytes()))
+            .unwrap_or_default();
+        let not_after = params.not_after.unix_timestamp();
+        let request = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        let cert = request.signed_by(&self.cert, &self.key).map_err(pki)?;
+        Ok(SignedCert {
+            cert_pem: cert.pem(),
+            serial,
+            not_after,
+        })
     }
 
     pub fn key_pem(&self) -> String {
@@ -109,17 +199,7 @@ impl Ca {
         usage: Usage,
         lifetime: Duration,
     ) -> Result<IssuedCert, ControlError> {
-        let mut params = CertificateParams::new(names.to_vec()).map_err(pki)?;
-        if let Some(first) = names.first() {
-            params.distinguished_name.push(DnType::CommonName, first);
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
-        set_validity(&mut params, lifetime);
+        let params = leaf_params(names, usage, lifetime)?;
         let key = KeyPair::generate().map_err(pki)?;
         let cert = params.signed_by(&key, &self.cert, &self.key).map_err(pki)?;
         Ok(IssuedCert {
@@ -127,6 +207,29 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+fn leaf_params(
+    names: &[String],
+    usage: Usage,
+    lifetime: Duration,
+) -> Result<CertificateParams, ControlError> {
+    let mut params = CertificateParams::new(names.to_vec()).map_err(pki)?;
+    if let Some(first) = names.first() {
+        params.distinguished_name.push(DnType::CommonName, first);
+    }
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![match usage {
+        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    // A random serial: the control plane knows each relay certificate by it.
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] &= 0x7f; // a positive DER integer
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    set_validity(&mut params, lifetime);
+    Ok(params)
 }
 
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
@@ -140,7 +243,7 @@ fn pki(e: rcgen::Error) -> ControlError {
     ControlError::Pki(e.to_string())
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), ControlError> {
+pub(crate) fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), ControlError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| ControlError::Io {

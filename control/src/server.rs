@@ -4,24 +4,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
+use rustls::RootCertStore;
 use sat_proto::stream::{RejectCode, Response, StreamHeader, StreamKind};
 use sat_transport::header::{self, HeaderError};
-use sat_transport::tls::{self, QuicLimits};
-use tokio::sync::watch;
+use sat_transport::pin::CertSlot;
+use sat_transport::tls::{self, ClientAuth, Identity, QuicLimits};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::BackendSection;
-use crate::services::ServiceTable;
-use crate::{channel, http, tunnel, ControlConfig, ControlError};
+use crate::config::{BackendSection, ControlSection};
+use crate::pki::{Ca, Usage};
+use crate::publish::{self, Snapshot, Sources};
+use crate::registry::Registry;
+use crate::secrets::Signer;
+use crate::store::{RelayAdminState, Store};
+use crate::{admin, channel, enrol, http, tunnel, ControlConfig, ControlError};
 
 /// How long a relay has to send a stream's header once it opened the stream.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC close code for a peer we refuse (revoked, unknown certificate, bad enrolment).
+pub(crate) const CLOSE_REFUSED: u32 = 2;
+/// The control plane's own uplink certificate: reissued at every start and every day.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+const SERVER_CERT_RENEW_EVERY: Duration = Duration::from_secs(24 * 3600);
 
-/// What every uplink and stream task of this process shares.
+/// What every task of this process shares.
 pub(crate) struct Shared {
-    pub services: watch::Receiver<Arc<ServiceTable>>,
+    pub store: Store,
+    pub ca: Ca,
+    pub signer: Signer,
+    pub registry: Registry,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Wakes the publisher after a change in the store.
+    pub changed: Notify,
+    pub control: ControlSection,
     pub backend: BackendSection,
     pub http: http::Pool,
     /// Cancelled when the process starts draining: new streams are refused from then on.
@@ -30,34 +48,119 @@ pub(crate) struct Shared {
     pub streams: TaskTracker,
 }
 
-/// Runs a control plane on `socket` until `shutdown` is cancelled, then drains: relays are told
-/// to send new work elsewhere, streams in flight get `drain_grace` to finish, and the rest are
-/// cut.
+/// The sockets a control plane serves, bound by the caller before `run`.
+pub struct Sockets {
+    /// QUIC: relay uplinks and enrolment.
+    pub uplink: std::net::UdpSocket,
+    /// HTTP: the admin API, `/healthz` and `/readyz`.
+    pub admin: std::net::TcpListener,
+}
+
+impl Sockets {
+    /// Binds what `config` asks for, announcing each socket with `listening on`.
+    pub fn bind(config: &ControlConfig) -> Result<Self, ControlError> {
+        let bind_err =
+            |what: &'static str, addr| move |source| ControlError::Bind { what, addr, source };
+        let uplink = std::net::UdpSocket::bind(config.control.listen)
+            .map_err(bind_err("uplinks (udp)", config.control.listen))?;
+        let admin = std::net::TcpListener::bind(config.admin.listen)
+            .map_err(bind_err("admin API (tcp)", config.admin.listen))?;
+        admin
+            .set_nonblocking(true)
+            .map_err(bind_err("admin API (tcp)", config.admin.listen))?;
+        if let Ok(addr) = uplink.local_addr() {
+            info!("listening on quic {addr}");
+        }
+        if let Ok(addr) = admin.local_addr() {
+            info!("listening on admin {addr}");
+            if !addr.ip().is_loopback() {
+                warn!("the admin API is plain HTTP on a non-loopback address; put it behind TLS");
+            }
+        }
+        Ok(Self { uplink, admin })
+    }
+}
+
+/// Runs a control plane on `sockets` until `shutdown` is cancelled, then drains: relays are
+/// told to send new work elsewhere, streams in flight get `drain_grace` to finish, and the
+/// rest are cut.
 pub async fn run(
     config: ControlConfig,
-    socket: std::net::UdpSocket,
+    sockets: Sockets,
     shutdown: CancellationToken,
 ) -> Result<(), ControlError> {
-    let (roots, identity) = config.tls.load()?;
-    let tls = tls::server_config(&identity, Some(roots), &[sat_proto::ALPN_UPLINK])?;
-    let server = tls::quic_server_config(tls, QuicLimits::UPLINK)?;
-    let endpoint = tls::server_endpoint(socket, server).map_err(ControlError::Endpoint)?;
+    let dir = &config.control.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| ControlError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let store = Store::open(&dir.join("sat.db")).await?;
+    seed_services(&store, &config).await?;
+    let ca = match &config.ca {
+        Some(files) => Ca::load_files(&files.cert, &files.key)?,
+        None => Ca::load_or_create(dir, "Satellite control plane CA")?,
+    };
+    let signer = Signer::load_or_create(&store).await?;
+    crate::secrets::ensure_admin_token(&store, dir).await?;
 
-    let table = ServiceTable::new(1, &config.services);
+    let certs = Arc::new(CertSlot::new(&server_identity(
+        &ca,
+        &config.control.server_names,
+    )?)?);
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.cert_der())
+        .map_err(sat_transport::TransportError::Tls)?;
+    let alpn = [sat_proto::ALPN_UPLINK, sat_proto::ALPN_ENROL];
+    let tls = tls::server_config_with(certs.clone(), ClientAuth::Optional(roots), &alpn)?;
+    let server = tls::quic_server_config(tls, QuicLimits::UPLINK)?;
+    let endpoint = tls::server_endpoint(sockets.uplink, server).map_err(ControlError::Endpoint)?;
+
+    let registry = Registry::default();
+    let sources = Sources::load(&store, signer.verify_keys()).await?;
+    let generation = store.bump_generation().await?;
+    let first = sources.snapshot(generation, sources.relays(&registry));
     info!(
         name = %config.control.name,
-        services = table.len(),
+        services = first.services.len(),
+        generation,
+        ca = %sat_transport::pin::hex(&ca.fingerprint()),
         "control plane up"
     );
-    // The sender lives as long as the process: later, the store replaces the table through it.
-    let (_services_tx, services) = watch::channel(Arc::new(table));
+    let (tx, snapshot) = watch::channel(Arc::new(first));
     let shared = Arc::new(Shared {
-        services,
+        store,
+        ca,
+        signer,
+        registry,
+        snapshot,
+        changed: Notify::new(),
         http: http::Pool::new(&config.backend),
+        control: config.control.clone(),
         backend: config.backend.clone(),
         draining: shutdown.clone(),
         streams: TaskTracker::new(),
     });
+
+    let background = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+    background.spawn(publish::run(
+        shared.clone(),
+        tx,
+        sources,
+        stop_background.clone(),
+    ));
+    background.spawn(renew_server_cert(
+        shared.clone(),
+        certs,
+        stop_background.clone(),
+    ));
+    let admin = tokio::net::TcpListener::from_std(sockets.admin).map_err(ControlError::Endpoint)?;
+    background.spawn(admin::server::serve(
+        admin,
+        shared.clone(),
+        stop_background.clone(),
+    ));
 
     let uplinks = TaskTracker::new();
     loop {
@@ -93,9 +196,63 @@ pub async fn run(
     endpoint.close(0u32.into(), b"control plane shutting down");
     uplinks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), uplinks.wait()).await;
+    stop_background.cancel();
+    background.close();
+    background.wait().await;
     endpoint.wait_idle().await;
     info!("control plane stopped");
     Ok(())
+}
+
+/// On the very first start, `[[service]]` entries of the config become the store's services.
+/// Later starts leave the store alone: from then on services are managed with `sat admin`.
+async fn seed_services(store: &Store, config: &ControlConfig) -> Result<(), ControlError> {
+    if store.meta("seeded").await?.is_some() {
+        if !config.services.is_empty() {
+            info!("[[service]] entries in the config were seeded on first start; the store is authoritative now (use `sat admin services`)");
+        }
+        return Ok(());
+    }
+    let now = publish::now_ms();
+    for s in &config.services {
+        let record = crate::store::ServiceRecord {
+            name: s.name.clone(),
+            kind: s.kind,
+            backend: s.backend.clone(),
+            hostnames: s.hostnames.clone(),
+            access: s.access,
+            created_at: now,
+        };
+        store.insert_service(&record).await?;
+    }
+    store.set_meta("seeded", &now.to_string()).await?;
+    info!(
+        services = config.services.len(),
+        "seeded services from the config"
+    );
+    Ok(())
+}
+
+fn server_identity(ca: &Ca, names: &[String]) -> Result<Identity, ControlError> {
+    let issued = ca.issue(names, Usage::Server, SERVER_CERT_LIFETIME)?;
+    // The CA goes in the chain so that a relay enrolling with a pinned fingerprint finds it.
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    Ok(Identity::from_pem(&chain, &issued.key_pem)?)
+}
+
+async fn renew_server_cert(shared: Arc<Shared>, certs: Arc<CertSlot>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SERVER_CERT_RENEW_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+        let renewed = server_identity(&shared.ca, &shared.control.server_names)
+            .and_then(|id| Ok(certs.replace(&id)?));
+        match renewed {
+            Ok(()) => info!("renewed the control plane's uplink certificate"),
+            Err(e) => warn!("cannot renew the control plane's uplink certificate: {e}"),
+        }
+    }
 }
 
 async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
@@ -108,7 +265,17 @@ async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
-    let relay = tls::peer_name(&conn).unwrap_or_else(|| "unnamed".into());
+    if tls::alpn(&conn).as_deref() == Some(sat_proto::ALPN_ENROL) {
+        let span = info_span!("enrol", conn = conn.stable_id(), peer = %remote);
+        return enrol::serve(conn, shared).instrument(span).await;
+    }
+    let relay = match authorize(&conn, &shared).await {
+        Ok(name) => name,
+        Err(reason) => {
+            warn!(peer = %remote, "refusing uplink: {reason}");
+            return conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+        }
+    };
     let span = info_span!("uplink", conn = conn.stable_id(), peer = %remote, relay = %relay);
     async move {
         let (send, recv) = match tokio::time::timeout(HEADER_TIMEOUT, conn.accept_bi()).await {
@@ -120,6 +287,8 @@ async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
         };
         let channel = channel::run(send, recv, &conn, &relay, &shared);
+        let accepting = accept_streams(&conn, &shared);
+        tokio::pin!(accepting);
         tokio::select! {
             result = channel => {
                 match (result, conn.close_reason()) {
@@ -128,14 +297,52 @@ async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
                         warn!("closing uplink: {reason}");
                         conn.close(1u32.into(), reason.as_bytes());
                     }
-                    (Ok(()), _) => {}
+                    // A goodbye: the relay opens no new streams here, but some may be on
+                    // their way; serve them until the relay closes the connection.
+                    (Ok(()), _) => {
+                        shared.registry.disconnected(&relay, &conn);
+                        accepting.await;
+                    }
                 }
             }
-            () = accept_streams(&conn, &shared) => {}
+            () = &mut accepting => {}
         }
+        shared.registry.disconnected(&relay, &conn);
     }
     .instrument(span)
     .await
+}
+
+/// Who the peer of an uplink is, if we let it in: a certificate this control plane issued,
+/// to a relay that is not revoked. The error is the reason we tell the relay.
+pub(crate) async fn authorize(conn: &Connection, shared: &Shared) -> Result<String, String> {
+    let leaf = tls::peer_leaf(conn).ok_or(
+        "no client certificate: an uplink needs the certificate the relay got at enrolment",
+    )?;
+    let name = tls::leaf_name(&leaf).ok_or("client certificate names no relay")?;
+    let (serial, _) = tls::serial_and_expiry(&leaf).ok_or("unreadable client certificate")?;
+    let unavailable = |e| format!("control plane cannot check relay identity now ({e}); retry");
+    let owner = shared
+        .store
+        .cert_owner(&serial)
+        .await
+        .map_err(unavailable)?;
+    if owner.as_deref() != Some(name.as_str()) {
+        return Err(format!(
+            "certificate {serial} for \"{name}\" is unknown to this control plane; enrol the \
+             relay again with a new token (`sat admin relay-token create`)"
+        ));
+    }
+    match shared.store.relay(&name).await.map_err(unavailable)? {
+        Some(r) if r.state == RelayAdminState::Revoked => Err(format!(
+            "relay \"{name}\" has been revoked by an operator; to bring it back, enrol it again \
+             with a new token"
+        )),
+        Some(_) => Ok(name),
+        None => Err(format!(
+            "relay \"{name}\" is not registered; enrol it again"
+        )),
+    }
 }
 
 async fn accept_streams(conn: &Connection, shared: &Arc<Shared>) {
@@ -174,7 +381,7 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Sh
             )
             .await;
         }
-        let service = shared.services.borrow().get(&header.service);
+        let service = shared.snapshot.borrow().services.get(&header.service);
         let Some(service) = service else {
             let msg = format!("unknown service \"{}\"", header.service);
             return reject(&mut send, RejectCode::UnknownService, msg).await;

@@ -1,13 +1,13 @@
-//! The service table: what exists, what kind it is, and where its backend lives. Shared by the
-//! stream handlers (to dial) and the control channels (to push the relay-facing part).
+//! The service table: what exists, what kind it is, who may use it and where its backend
+//! lives. Stream handlers read it to dial; pushes carry its relay-facing part.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sat_proto::control::{ConfigPush, ServiceInfo};
+use sat_proto::control::{Access, ServiceInfo};
 use sat_proto::stream::StreamKind;
 
-use crate::config::ServiceConfig;
+use crate::store::ServiceRecord;
 
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -15,17 +15,17 @@ pub struct Service {
     pub kind: StreamKind,
     pub backend: String,
     pub hostnames: Vec<String>,
+    pub access: Access,
 }
 
 #[derive(Debug, Default)]
 pub struct ServiceTable {
-    pub generation: u64,
     by_name: HashMap<String, Arc<Service>>,
 }
 
 impl ServiceTable {
-    pub fn new(generation: u64, services: &[ServiceConfig]) -> Self {
-        let by_name = services
+    pub fn from_records(records: &[ServiceRecord]) -> Self {
+        let by_name = records
             .iter()
             .map(|s| {
                 let svc = Service {
@@ -33,14 +33,12 @@ impl ServiceTable {
                     kind: s.kind,
                     backend: s.backend.clone(),
                     hostnames: s.hostnames.clone(),
+                    access: s.access,
                 };
                 (s.name.clone(), Arc::new(svc))
             })
             .collect();
-        Self {
-            generation,
-            by_name,
-        }
+        Self { by_name }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Service>> {
@@ -51,8 +49,8 @@ impl ServiceTable {
         self.by_name.len()
     }
 
-    /// What relays get: names, kinds and host names; never backend addresses.
-    pub fn push(&self) -> ConfigPush {
+    /// What relays get: names, kinds, host names and access rules; never backend addresses.
+    pub fn infos(&self) -> Vec<ServiceInfo> {
         let mut services: Vec<ServiceInfo> = self
             .by_name
             .values()
@@ -60,12 +58,10 @@ impl ServiceTable {
                 name: s.name.clone(),
                 kind: s.kind,
                 hostnames: s.hostnames.clone(),
+                access: s.access,
             })
             .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        ConfigPush {
-            generation: self.generation,
-            services,
-        }
+        services
     }
 }

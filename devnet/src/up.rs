@@ -4,8 +4,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sat_control::admin::api::CreateRelayToken;
+use sat_control::admin::client::AdminClient;
 use sat_control::pki::{Ca, Usage};
 use sat_control::ControlConfig;
+use sat_relay::config::Secret;
 use sat_relay::{RelayConfig, Sockets};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +20,7 @@ use crate::DevnetError;
 /// The simulated regions, in the order relays get them, each on its own loopback address.
 pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 const CONTROL_ADDR: &str = "127.0.0.1:4433";
+const ADMIN_ADDR: &str = "127.0.0.1:4434";
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 7000;
@@ -79,26 +83,32 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
     let control_path = dir.join("control.toml");
     write(&control_path, &control_toml(demo_addr, echo_addr))?;
     let control_config = ControlConfig::load(&control_path)?;
-    let control_socket =
-        std::net::UdpSocket::bind(CONTROL_ADDR).map_err(|source| DevnetError::Bind {
-            what: "control plane, UDP".into(),
-            addr: CONTROL_ADDR.into(),
-            source,
-        })?;
-    info!("listening on quic {CONTROL_ADDR}");
+    let admin_token_path = control_config.control.data_dir.join("admin.token");
+    let control_sockets = sat_control::Sockets::bind(&control_config)?;
     let control_stop = CancellationToken::new();
     let control = tokio::spawn(sat_control::run(
         control_config,
-        control_socket,
+        control_sockets,
         control_stop.clone(),
     ));
+    let admin = admin_client(&admin_token_path).await?;
 
     let relay_stop = CancellationToken::new();
     let relays = TaskTracker::new();
     for plan in &plans {
         let path = dir.join(format!("relay-{}.toml", plan.region));
         write(&path, &relay_toml(plan))?;
-        let config = RelayConfig::load(&path)?;
+        let mut config = RelayConfig::load(&path)?;
+        // Every start brings a fresh one-time token; a relay that is already enrolled keeps
+        // its identity and leaves the token unused (it expires in minutes).
+        let token = admin
+            .create_relay_token(&CreateRelayToken {
+                region: plan.region.into(),
+                name: Some(plan.name.clone()),
+                ttl: Some("10m".into()),
+            })
+            .await?;
+        config.relay.token = Some(Secret::new(token.token));
         let sockets = Sockets::bind(&config)?;
         let stop = relay_stop.clone();
         // One process runs every relay: a span per relay keeps their log lines apart.
@@ -129,6 +139,26 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
     backends.close();
     backends.wait().await;
     waited
+}
+
+/// A client of the control plane's admin API, once it answers.
+async fn admin_client(token_file: &Path) -> Result<AdminClient, DevnetError> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(token) = std::fs::read_to_string(token_file) {
+            let client =
+                AdminClient::new(&format!("http://{ADMIN_ADDR}"), token.trim().to_owned())?;
+            match client.relays().await {
+                Ok(_) => return Ok(client),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(DevnetError::NotReady(READY_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until every relay serves the demo app end to end: relay → QUIC → control → backend.
@@ -192,7 +222,8 @@ fn banner(opts: &UpOptions, plans: &[RelayPlan]) -> String {
     s += &format!(
         "
 Services: demo (http, host {DEMO_HOST}), echo (tcp), ssh (tcp, this machine's port 22).
-CA and configs: {dir}
+Admin: {sat} admin relays   (token in {dir}/control/admin.token)
+Web CA and configs: {dir}
 
 Try these:
   curl --cacert {dir}/ca.pem --resolve {DEMO_HOST}:{HTTPS_PORT}:{first} https://{DEMO_HOST}:{HTTPS_PORT}/api/whoami
@@ -211,15 +242,16 @@ fn control_toml(demo: SocketAddr, echo: SocketAddr) -> String {
     format!(
         r#"# Written by `sat up`; rewritten at every start. Run it alone with:
 #   sat control --config control.toml
+# Services below seed the store on the first start only; after that, manage them with
+# `sat admin services` (the store in control/sat.db is the source of truth).
 [control]
 name = "control-up"
 listen = "{CONTROL_ADDR}"
 drain_grace = "{GRACE}"
+data_dir = "control"
 
-[tls]
-ca = "ca.pem"
-cert = "control.pem"
-key = "control-key.pem"
+[admin]
+listen = "{ADMIN_ADDR}"
 
 [[service]]
 name = "demo"
@@ -244,20 +276,16 @@ fn relay_toml(p: &RelayPlan) -> String {
     format!(
         r#"# Written by `sat up`; rewritten at every start. Run it alone with:
 #   sat relay --config relay-{region}.toml
+# Enrolled as region {region} with a one-time token from the control plane.
 [relay]
 name = "{name}"
-region = "{region}"
 drain_grace = "{GRACE}"
+data_dir = "relay-{region}"
 
 [uplink]
 control = ["{CONTROL_ADDR}"]
 server_name = "sat-control"
 connections = 2
-
-[tls]
-ca = "ca.pem"
-cert = "{name}.pem"
-key = "{name}-key.pem"
 
 [https]
 listen = "{ip}:{HTTPS_PORT}"
@@ -277,8 +305,9 @@ listen = "{ip}:{ECHO_PORT}"
     )
 }
 
-/// Keeps the CA across runs (so a browser or curl that trusts it keeps working) and issues
-/// fresh leaf certificates each start.
+/// The relays' public HTTPS certificate, from a development CA (`ca.pem`) kept across runs so
+/// that a browser or curl that trusts it keeps working. This stands in for a public web CA;
+/// the control plane's own CA, which enrols relays, is separate (`control/ca.pem`).
 fn write_pki(dir: &Path, plans: &[RelayPlan]) -> Result<(), DevnetError> {
     let ca_cert = dir.join("ca.pem");
     let ca_key = dir.join("ca-key.pem");
@@ -295,15 +324,11 @@ fn write_pki(dir: &Path, plans: &[RelayPlan]) -> Result<(), DevnetError> {
         }
     };
     let year = Duration::from_secs(365 * 24 * 3600);
-    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    ca.issue(&names(&["sat-control", "127.0.0.1"]), Usage::Server, year)?
-        .write(dir, "control")?;
-    let mut https_names = names(&["localhost", DEMO_HOST, "*.localhost"]);
-    for p in plans {
-        ca.issue(std::slice::from_ref(&p.name), Usage::Client, year)?
-            .write(dir, &p.name)?;
-        https_names.push(p.ip.to_string());
-    }
+    let mut https_names: Vec<String> = ["localhost", DEMO_HOST, "*.localhost"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    https_names.extend(plans.iter().map(|p| p.ip.to_string()));
     ca.issue(&https_names, Usage::Server, year)?
         .write(dir, "relay-https")?;
     Ok(())

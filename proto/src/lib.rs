@@ -4,12 +4,21 @@
 //!
 //! - [`stream`]: the header that opens every data stream (relay → control, client → relay) and
 //!   the accept/reject answer that comes back.
-//! - [`control`]: frames of the control channel, the first stream of each uplink.
+//! - [`control`]: frames of the control channel, the first stream of each uplink, and of the
+//!   enrolment exchange, which uses the same codec.
 //! - [`liveness`]: heartbeat timing, as a state machine over an explicit `now`.
+//! - [`enrol`]: the one-time token that enrols a relay (`satr1.…`).
+//! - [`access`]: service access tokens (`sat_at1.…`): signing, and verifying with an explicit
+//!   `now`.
+//!
+//! Errors: [`DecodeError`] for anything that does not decode; [`access::AccessError`] for the
+//! verdict on an access token, which is shown to users.
 //!
 //! The format is documented in `docs/protocol.md`, with the rule for bumping its version.
 
+pub mod access;
 pub mod control;
+pub mod enrol;
 mod error;
 pub mod liveness;
 pub mod stream;
@@ -18,6 +27,9 @@ pub use error::DecodeError;
 
 /// ALPN of uplinks (relay → control plane). The digit is the major protocol version.
 pub const ALPN_UPLINK: &[u8] = b"sat/1";
+/// ALPN of enrolment (a new relay → control plane, no client certificate yet); see
+/// [`control`].
+pub const ALPN_ENROL: &[u8] = b"sat-enrol/1";
 /// ALPN of user tunnels (`sat connect` → relay), over QUIC or over the TLS fallback.
 pub const ALPN_CLIENT: &[u8] = b"sat-client/1";
 /// Version byte carried in every stream header; see `docs/protocol.md` for when it changes.

@@ -19,6 +19,7 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::pool::Answered;
 use crate::relay::Relay;
+use crate::routes::unix_now;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -119,8 +120,9 @@ where
     log_end(&hello.service, result);
 }
 
-/// Checks the service against the pushed config, opens its stream to the control plane with
-/// the client's `first` bytes, and waits for the answer.
+/// Checks the service and the client's access token against the pushed config, opens the
+/// service's stream to the control plane with the client's `first` bytes, and waits for the
+/// answer.
 async fn open_upstream(
     relay: &Relay,
     hello: &ClientHeader,
@@ -152,6 +154,9 @@ async fn open_upstream(
             ))
         }
     }
+    routes
+        .authorize(service, Some(&hello.token), unix_now())
+        .map_err(|e| (RejectCode::Unauthorized, e.to_string()))?;
     let header = StreamHeader {
         kind: StreamKind::Tcp,
         service: service.clone(),

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sat_proto::control::Location;
 use sat_proto::stream::validate_service_name;
-use sat_transport::tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::RelayError;
@@ -15,7 +15,6 @@ use crate::RelayError;
 pub struct RelayConfig {
     pub relay: RelaySection,
     pub uplink: UplinkSection,
-    pub tls: TlsFiles,
     pub https: Option<HttpsSection>,
     #[serde(default)]
     pub http: HttpSection,
@@ -26,8 +25,22 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
-    pub name: String,
-    pub region: String,
+    /// The name to enrol under, if the enrolment token does not fix one. After enrolment the
+    /// name in the certificate is the relay's name.
+    pub name: Option<String>,
+    /// Where the relay stands, for geo routing; without it the control plane guesses.
+    pub location: Option<Location>,
+    /// Where users reach this relay (host:port or IP), announced to the control plane.
+    #[serde(default)]
+    pub public_addresses: Vec<String>,
+    /// The relay's certificate, key and CA from enrolment, renewed in place.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// A one-time enrolment token; used only while the data dir holds no identity. Usually
+    /// given as `--token` or `SAT_RELAY_TOKEN` rather than written here.
+    pub token: Option<Secret>,
+    /// `/healthz` and `/readyz` over plain HTTP, for load balancers and orchestrators.
+    pub health_listen: Option<SocketAddr>,
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
 }
@@ -80,6 +93,30 @@ pub struct TcpPort {
     pub listen: SocketAddr,
 }
 
+/// A value that must not show up in logs or debug output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    "/var/lib/sat/relay".into()
+}
 fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
@@ -116,7 +153,9 @@ impl RelayConfig {
         let mut config: Self = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         config.validate().map_err(err)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        config.tls.resolve(&base);
+        if config.relay.data_dir.is_relative() {
+            config.relay.data_dir = base.join(&config.relay.data_dir);
+        }
         if let Some(https) = &mut config.https {
             for p in [&mut https.cert, &mut https.key] {
                 if p.is_relative() {
@@ -128,11 +167,16 @@ impl RelayConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.relay.name.is_empty() {
-            return Err("relay.name: must not be empty".into());
+        if let Some(name) = &self.relay.name {
+            validate_service_name(name).map_err(|e| format!("relay.name: {e}"))?;
         }
-        if self.relay.region.is_empty() {
-            return Err("relay.region: must not be empty".into());
+        if let Some(l) = &self.relay.location {
+            if !(-90.0..=90.0).contains(&l.lat) || !(-180.0..=180.0).contains(&l.lon) {
+                return Err(format!(
+                    "relay.location: lat {} / lon {} is not on Earth; use degrees, lat -90..90 and lon -180..180",
+                    l.lat, l.lon
+                ));
+            }
         }
         if self.uplink.control.is_empty() {
             return Err("uplink.control: list at least one control plane address".into());
@@ -183,13 +227,10 @@ mod tests {
     const GOOD: &str = r#"
         [relay]
         name = "relay-eu-1"
-        region = "eu-west"
+        data_dir = "state"
+        location = { lat = 51.5, lon = -0.1 }
         [uplink]
         control = ["127.0.0.1:4433"]
-        [tls]
-        ca = "ca.pem"
-        cert = "relay.pem"
-        key = "relay-key.pem"
         [https]
         listen = "127.0.0.2:8443"
         cert = "https.pem"
@@ -214,12 +255,15 @@ mod tests {
         let https = c.https.unwrap();
         assert!(https.quic);
         assert_eq!(https.cert, PathBuf::from("/etc/sat/https.pem"));
+        assert_eq!(c.relay.data_dir, PathBuf::from("/etc/sat/state"));
     }
 
     #[test]
     fn errors_name_the_key() {
-        let e = parse(&GOOD.replace("region =", "regoin =")).unwrap_err();
-        assert!(e.contains("regoin") && e.contains("relay.toml"), "{e}");
+        let e = parse(&GOOD.replace("data_dir =", "datadir =")).unwrap_err();
+        assert!(e.contains("datadir") && e.contains("relay.toml"), "{e}");
+        let e = parse(&GOOD.replace("lat = 51.5", "lat = 151.5")).unwrap_err();
+        assert!(e.contains("relay.location"), "{e}");
         let e = parse(&GOOD.replace("[uplink]", "[uplink]\nconnections = 0")).unwrap_err();
         assert!(e.contains("uplink.connections"), "{e}");
         let e = parse(&GOOD.replace("127.0.0.1:4433", "control.example.com")).unwrap_err();

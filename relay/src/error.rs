@@ -21,9 +21,13 @@ pub enum RelayError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    /// Certificates or keys could not be loaded. Check the `[tls]` and `[https]` files.
+    /// Certificates or keys could not be loaded. Check the `[https]` files and the data dir.
     #[error(transparent)]
     Transport(#[from] sat_transport::TransportError),
+    /// Enrolment or renewal failed. `retry` says whether trying again as is can help (the
+    /// control plane was unreachable) or not (the token was refused: get a new one).
+    #[error("{message}")]
+    Enrol { message: String, retry: bool },
     #[error("QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
 }

@@ -4,6 +4,10 @@
 //! the relay's side of it is a hyper client connection over that stream. The request goes out
 //! at once, without waiting for the control plane to accept the stream: a refusal comes back
 //! in place of the response and becomes an error status here.
+//!
+//! A service whose access is by token is checked here first (the token from `Authorization:
+//! Bearer` or the `sat_token` cookie): a refusal is a 401 that never reaches the control plane,
+//! and an accepted token is removed before the request goes on, so no backend ever sees one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,12 +19,14 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
+use sat_proto::access::{self, AccessError};
 use sat_proto::stream::{StreamHeader, StreamKind};
 use sat_transport::http::{gather_small, splice_upgraded, text, Body};
 use sat_transport::io::{rejection, QuicIo};
 use tracing::{debug, info};
 
 use crate::relay::Relay;
+use crate::routes::unix_now;
 
 /// What the relay knows about the connection a request came on.
 #[derive(Clone, Copy)]
@@ -36,6 +42,8 @@ static SAT_RELAY_REGION: HeaderName = HeaderName::from_static("sat-relay-region"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The cookie a browser keeps a service access token in.
+const TOKEN_COOKIE: &[u8] = b"sat_token";
 
 pub async fn handle(
     req: Request<Incoming>,
@@ -82,6 +90,10 @@ async fn route(
             format!("no service for host \"{host}\""),
         ))?
         .to_owned();
+    if let Err(e) = routes.authorize(&service, access_token(req.headers()).as_deref(), unix_now()) {
+        debug!(service, reason = %e, "request refused: access token");
+        return Ok(unauthorized(&service, &e));
+    }
     let header = StreamHeader {
         kind: StreamKind::Http,
         service: service.clone(),
@@ -167,6 +179,7 @@ fn prepare_request<B>(req: &mut Request<B>, host: &str, relay: &Relay, origin: O
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     strip_forwarding(headers);
+    strip_access_token(headers);
     let proto = if origin.tls { "https" } else { "http" };
     let ip = origin.peer.ip().to_string();
     let for_value = match origin.peer {
@@ -252,6 +265,147 @@ fn strip_forwarding(headers: &mut HeaderMap) {
     headers.remove(header::FORWARDED);
 }
 
+/// The access token a request shows: an `Authorization: Bearer sat_at1.…` value, else the
+/// `sat_token` cookie. A Bearer credential of another kind is the backend's business and is
+/// not looked at (nor removed), so a service can keep its own bearer auth behind a token that
+/// travels in the cookie.
+fn access_token(headers: &HeaderMap) -> Option<String> {
+    let from_header = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(bearer)
+        .find(|t| t.starts_with(access::PREFIX));
+    if let Some(token) = from_header {
+        return Some(token.to_owned());
+    }
+    cookie_pairs(headers)
+        .find(|c| c.name == TOKEN_COOKIE)
+        .map(|c| String::from_utf8_lossy(unquote(c.value)).into_owned())
+}
+
+/// The credentials of an `Authorization` value of scheme Bearer (RFC 6750 §2.1; the scheme's
+/// case does not matter).
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let (scheme, credentials) = value.to_str().ok()?.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
+fn is_access_bearer(value: &HeaderValue) -> bool {
+    bearer(value).is_some_and(|t| t.starts_with(access::PREFIX))
+}
+
+/// One `name=value` pair of a Cookie header.
+struct CookiePair<'a> {
+    /// The whole pair as sent, to pass on unchanged.
+    pair: &'a [u8],
+    name: &'a [u8],
+    value: &'a [u8],
+}
+
+/// The pairs of every Cookie header (RFC 6265 §4.2.1), read leniently as browsers write them:
+/// stray spaces and empty pairs are skipped, and HTTP/2 may spread the pairs over several
+/// headers (RFC 9113 §8.2.3). Bytes, not text: a cookie need not be UTF-8.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = CookiePair<'_>> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
+                None => (&pair[..0], pair),
+            };
+            CookiePair { pair, name, value }
+        })
+}
+
+/// A cookie value without the double quotes it may be wrapped in (RFC 6265 §4.1.1).
+fn unquote(value: &[u8]) -> &[u8] {
+    match value {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => value,
+    }
+}
+
+/// Removes every access token from a request before it goes on to the backend: the
+/// `Authorization` values that carry one, and the `sat_token` cookie, keeping any other
+/// credentials and cookies. Done for public services too: a cookie set for a parent domain
+/// reaches every service under it, and none of their backends should see it.
+fn strip_access_token(headers: &mut HeaderMap) {
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(is_access_bearer)
+    {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter(|v| !is_access_bearer(v))
+            .cloned()
+            .collect();
+        headers.remove(header::AUTHORIZATION);
+        for v in kept {
+            headers.append(header::AUTHORIZATION, v);
+        }
+    }
+    if cookie_pairs(headers).any(|c| c.name == TOKEN_COOKIE) {
+        let kept = cookie_pairs(headers)
+            .filter(|c| c.name != TOKEN_COOKIE)
+            .map(|c| c.pair)
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        // Several Cookie headers become one, as HTTP/1.1 to the control plane wants.
+        headers.remove(header::COOKIE);
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            if !kept.is_empty() {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+}
+
+/// The 401 for a refused access token: a challenge per RFC 6750 §3 (no error code when there
+/// was no token at all) and a body that says what to do.
+fn unauthorized(service: &str, e: &AccessError) -> Response<Body> {
+    let mut resp = text(
+        StatusCode::UNAUTHORIZED,
+        format!(
+            "access to service \"{service}\" refused: {e}\n\
+             Over HTTP, send the token as the header \"Authorization: Bearer <token>\" \
+             or as the cookie \"sat_token=<token>\"."
+        ),
+    );
+    let challenge = match e {
+        AccessError::Missing => "Bearer realm=\"sat\"".to_owned(),
+        e => format!(
+            "Bearer realm=\"sat\", error=\"invalid_token\", error_description=\"{}\"",
+            description(&e.to_string())
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// `text` as an `error_description` may carry it: RFC 6750 §3 allows printable ASCII except
+/// `"` and `\`.
+fn description(text: &str) -> String {
+    text.replace('…', "...")
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 fn bad_gateway(service: &str, e: &hyper::Error) -> Refusal {
     use std::error::Error;
     if let Some(r) = rejection(e) {
@@ -311,5 +465,136 @@ mod tests {
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         strip_forwarding(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    const TOKEN: &str = "sat_at1.eyJwYXlsb2FkIjoxfQ.c2ln";
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    fn all(h: &HeaderMap, name: header::HeaderName) -> Vec<&str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn token_comes_from_bearer_or_cookie() {
+        let bearer = format!("Bearer {TOKEN}");
+        assert_eq!(
+            access_token(&headers(&[("authorization", &bearer)])).as_deref(),
+            Some(TOKEN)
+        );
+        let lower = format!("bearer   {TOKEN} ");
+        assert_eq!(
+            access_token(&headers(&[("authorization", &lower)])).as_deref(),
+            Some(TOKEN)
+        );
+        let cookies = format!("a=1;  sat_token={TOKEN} ;b=2");
+        assert_eq!(
+            access_token(&headers(&[("cookie", &cookies)])).as_deref(),
+            Some(TOKEN)
+        );
+        // HTTP/2 may split cookies over several headers; the value may be quoted.
+        let quoted = format!("sat_token=\"{TOKEN}\"");
+        assert_eq!(
+            access_token(&headers(&[("cookie", "a=1"), ("cookie", &quoted)])).as_deref(),
+            Some(TOKEN)
+        );
+        // The header wins over the cookie.
+        assert_eq!(
+            access_token(&headers(&[
+                ("cookie", "sat_token=other"),
+                ("authorization", &bearer)
+            ]))
+            .as_deref(),
+            Some(TOKEN)
+        );
+        // A backend's own bearer token is not ours; the cookie still counts.
+        assert_eq!(
+            access_token(&headers(&[
+                ("authorization", "Bearer backend-secret"),
+                ("cookie", &cookies)
+            ]))
+            .as_deref(),
+            Some(TOKEN)
+        );
+        for none in [
+            headers(&[]),
+            headers(&[("authorization", "Bearer backend-secret")]),
+            headers(&[("authorization", &format!("Basic {TOKEN}"))]),
+            headers(&[("cookie", &format!("xsat_token={TOKEN}; sat_tokens=1"))]),
+        ] {
+            assert_eq!(access_token(&none), None, "{none:?}");
+        }
+        assert_eq!(
+            access_token(&headers(&[("cookie", "sat_token=")])).as_deref(),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn token_is_stripped_and_the_rest_kept() {
+        let mut h = headers(&[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("cookie", &format!("a=1; sat_token={TOKEN};  b=2")),
+            ("cookie", "c=3"),
+        ]);
+        strip_access_token(&mut h);
+        assert_eq!(h.get(header::AUTHORIZATION), None);
+        assert_eq!(all(&h, header::COOKIE), ["a=1; b=2; c=3"]);
+
+        // Only the token's cookie and header go.
+        let mut h = headers(&[
+            ("authorization", "Bearer backend-secret"),
+            ("cookie", &format!("sat_token={TOKEN}")),
+        ]);
+        strip_access_token(&mut h);
+        assert_eq!(all(&h, header::AUTHORIZATION), ["Bearer backend-secret"]);
+        assert_eq!(h.get(header::COOKIE), None);
+
+        // Without a token nothing changes, not even the split cookie headers.
+        let mut h = headers(&[
+            ("authorization", "Basic dTpw"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ]);
+        let before = h.clone();
+        strip_access_token(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn refusal_is_a_bearer_challenge() {
+        let resp = unauthorized("db", &AccessError::Missing);
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"sat\""
+        );
+        let resp = unauthorized(
+            "db",
+            &AccessError::WrongService {
+                service: "db".into(),
+            },
+        );
+        let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert_eq!(
+            challenge,
+            "Bearer realm=\"sat\", error=\"invalid_token\", error_description=\"access token \
+             does not grant service 'db'; ask for a token that includes it\""
+        );
+        let resp = unauthorized("db", &AccessError::Malformed("x\\y\u{1}é".into()));
+        let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(
+            challenge.contains("x/y??; pass the whole sat_at1.... text"),
+            "{challenge}"
+        );
     }
 }

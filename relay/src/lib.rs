@@ -6,15 +6,19 @@
 //! - [`config`]: `relay.toml`, validated before anything binds.
 //! - [`Sockets`] (in `listen`): binding, done by the caller; the HTTPS and HTTP accept loops.
 //! - [`run`]: the service entry point.
+//! - `identity`: enrolment with a one-time token, the files it keeps, certificate renewal.
 //! - `uplink`: QUIC connections to the control plane, reconnection, heartbeats, config.
 //! - `pool`: choosing an uplink for a stream, liveness, retrying an unanswered stream.
 //! - `http`: routing by Host, forwarding headers, one stream per request.
 //! - `tcp` and `client`: tunnels from relay TCP ports and from `sat connect`.
+//! - `health`: `/healthz` and `/readyz`.
 
 mod client;
 pub mod config;
 mod error;
+mod health;
 mod http;
+mod identity;
 mod listen;
 mod pool;
 mod relay;
@@ -26,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
+use sat_transport::pin::CertSlot;
 use sat_transport::tls::{self, Identity, QuicLimits};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -46,21 +51,43 @@ pub async fn run(
     sockets: Sockets,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    let (roots, identity) = config.tls.load()?;
-    let uplink_tls = tls::client_config(roots, Some(&identity), &[sat_proto::ALPN_UPLINK])?;
     // Dual-stack where the host has IPv6, so control replicas may have either family.
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
     let mut endpoint = tls::client_endpoint(v6)
         .or_else(|_| tls::client_endpoint(v4))
         .map_err(RelayError::Endpoint)?;
+    let files = identity::Files::new(&config.relay.data_dir);
+    let (enrolment, id, roots) = load_or_enrol(&config, &endpoint, &files).await?;
+    let certs = Arc::new(CertSlot::new(&id)?);
+    let uplink_tls =
+        tls::client_config_with(roots.clone(), certs.clone(), &[sat_proto::ALPN_UPLINK])?;
     endpoint.set_default_client_config(tls::quic_client_config(uplink_tls, QuicLimits::UPLINK)?);
 
-    let relay = Arc::new(Relay::new(
-        config.relay.name.clone(),
-        config.relay.region.clone(),
+    let mut relay = Relay::new(
+        enrolment.name.clone(),
+        enrolment.region.clone(),
         config.uplink.server_name.clone(),
         config.uplink.connections,
+    );
+    relay.location = config.relay.location;
+    relay.addresses = public_addresses(&config, &sockets);
+    let relay = Arc::new(relay);
+    let background = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+    let renewal = identity::Renewal {
+        endpoint: endpoint.clone(),
+        control: config.uplink.control.clone(),
+        server_name: config.uplink.server_name.clone(),
+        roots,
+        certs,
+        files,
+        enrolment,
+    };
+    background.spawn(identity::renew_forever(
+        renewal,
+        relay.clone(),
+        stop_background.clone(),
     ));
     let life = Lifecycle {
         drain: shutdown.clone(),
@@ -117,6 +144,10 @@ pub async fn run(
         let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
         listeners.spawn(tcp::serve(listener, service, relay.clone(), stop.clone()));
     }
+    if let Some(listener) = sockets.health {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
+        listeners.spawn(health::serve(listener, relay.clone(), stop.clone()));
+    }
 
     shutdown.cancelled().await;
     relay.draining.cancel();
@@ -141,12 +172,82 @@ pub async fn run(
     life.close.cancel();
     uplinks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), uplinks.wait()).await;
+    stop_background.cancel();
+    background.close();
+    background.wait().await;
     if let Some(ep) = client_endpoint {
         ep.close(0u32.into(), b"relay stopped");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     info!("relay stopped");
     Ok(())
+}
+
+/// The stored identity, or a new one from the enrolment token.
+async fn load_or_enrol(
+    config: &RelayConfig,
+    endpoint: &Endpoint,
+    files: &identity::Files,
+) -> Result<(identity::Enrolment, Identity, rustls::RootCertStore), RelayError> {
+    let token = config.relay.token.as_ref().map(|t| t.expose());
+    let stored = files.load()?;
+    if let Some((enrolment, id, roots)) = stored {
+        let expired = enrolment.not_after <= identity::now_unix();
+        if !expired {
+            if token.is_some() {
+                info!(relay = %enrolment.name, "already enrolled; ignoring the enrolment token");
+            }
+            if config
+                .relay
+                .name
+                .as_ref()
+                .is_some_and(|n| n != &enrolment.name)
+            {
+                warn!(enrolled = %enrolment.name, "relay.name differs from the enrolled name; the enrolled name is used");
+            }
+            return Ok((enrolment, id, roots));
+        }
+        if token.is_none() {
+            return Err(RelayError::Enrol {
+                message: format!(
+                    "the relay certificate in {} expired while the relay was off; enrol again with a new token (`sat admin relay-token create --name {}`, then `sat relay --token ...`)",
+                    config.relay.data_dir.display(),
+                    enrolment.name
+                ),
+                retry: false,
+            });
+        }
+    }
+    let Some(token) = token else {
+        return Err(RelayError::Enrol {
+            message: format!(
+                "this relay is not enrolled yet (nothing in {}); create a token on the control plane with `sat admin relay-token create --region REGION` and start the relay with `--token TOKEN` (or SAT_RELAY_TOKEN)",
+                config.relay.data_dir.display()
+            ),
+            retry: false,
+        });
+    };
+    identity::enrol(
+        endpoint,
+        &config.uplink.control,
+        &config.uplink.server_name,
+        token,
+        config.relay.name.as_deref(),
+        files,
+    )
+    .await
+}
+
+/// Where users reach this relay: as configured, or else the addresses it listens on.
+fn public_addresses(config: &RelayConfig, sockets: &Sockets) -> Vec<String> {
+    if !config.relay.public_addresses.is_empty() {
+        return config.relay.public_addresses.clone();
+    }
+    let tcp = [&sockets.https, &sockets.http];
+    tcp.iter()
+        .filter_map(|l| l.as_ref().and_then(|l| l.local_addr().ok()))
+        .map(|a| a.to_string())
+        .collect()
 }
 
 async fn accept_clients(endpoint: Endpoint, relay: Arc<Relay>, stop: CancellationToken) {

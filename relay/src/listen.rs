@@ -26,6 +26,8 @@ pub struct Sockets {
     pub quic: Option<std::net::UdpSocket>,
     pub http: Option<std::net::TcpListener>,
     pub tcp: Vec<(String, std::net::TcpListener)>,
+    /// `/healthz` and `/readyz`.
+    pub health: Option<std::net::TcpListener>,
 }
 
 impl Sockets {
@@ -48,7 +50,12 @@ impl Sockets {
             .iter()
             .map(|t| Ok((t.service.clone(), bind_tcp("tcp", t.listen)?)))
             .collect::<Result<Vec<_>, RelayError>>()?;
-        for (name, l) in [("https", &https), ("http", &http)] {
+        let health = config
+            .relay
+            .health_listen
+            .map(|a| bind_tcp("health", a))
+            .transpose()?;
+        for (name, l) in [("https", &https), ("http", &http), ("health", &health)] {
             if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
                 info!("listening on {name} {addr}");
             }
@@ -66,6 +73,7 @@ impl Sockets {
             quic,
             http,
             tcp,
+            health,
         })
     }
 }

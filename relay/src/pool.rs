@@ -124,6 +124,14 @@ impl Uplinks {
         })
     }
 
+    /// Whether any uplink is connected and recently heard from.
+    pub fn any_alive(&self) -> bool {
+        self.slots.iter().enumerate().any(|(i, slot)| {
+            let conn = slot.conn.lock().ok().and_then(|c| c.clone());
+            conn.is_some_and(|c| self.alive(i, &c))
+        })
+    }
+
     /// Resolves once uplink `i` has gone silent.
     pub async fn gone_quiet(&self, i: usize, conn: &Connection) {
         while self.alive(i, conn) {

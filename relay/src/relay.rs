@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use quinn::Connection;
-use sat_proto::control::{ConfigPush, Heartbeat};
+use sat_proto::control::{ConfigPush, Heartbeat, Location, RelayState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +27,13 @@ pub struct Relay {
     pub users: TaskTracker,
     open_streams: AtomicU64,
     ready: AtomicBool,
+    /// The network map lists this relay as draining (an operator drained it).
+    listed_draining: AtomicBool,
+    /// Announced in Hello: where users reach this relay and where it stands.
+    pub addresses: Vec<String>,
+    pub location: Option<Location>,
+    /// Bumped when the relay's certificate is renewed; uplinks then reconnect with it.
+    pub cert_epoch: watch::Sender<u64>,
 }
 
 impl Relay {
@@ -41,6 +48,10 @@ impl Relay {
             users: TaskTracker::new(),
             open_streams: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            listed_draining: AtomicBool::new(false),
+            addresses: Vec::new(),
+            location: None,
+            cert_epoch: watch::channel(0).0,
         }
     }
 
@@ -49,6 +60,20 @@ impl Relay {
     }
 
     pub fn apply(&self, push: &ConfigPush) {
+        let me = push.relays.iter().find(|r| r.name == self.name);
+        let listed_draining = me.is_some_and(|r| r.state == RelayState::Draining);
+        if self
+            .listed_draining
+            .swap(listed_draining, Ordering::Relaxed)
+            != listed_draining
+            && !self.draining.is_cancelled()
+        {
+            if listed_draining {
+                info!("an operator drained this relay: it is out of rotation, and serves who still comes");
+            } else {
+                info!("this relay is back in rotation");
+            }
+        }
         self.routes.send_if_modified(|current| {
             // A push older than what we run (from a lagging replica) changes nothing.
             if current
@@ -74,6 +99,23 @@ impl Relay {
         }
     }
 
+    /// Whether the relay should get new users: `Err` says why not, for `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.is_cancelled() {
+            return Err("draining: the relay is shutting down".into());
+        }
+        if self.listed_draining.load(Ordering::Relaxed) {
+            return Err("drained by an operator (sat admin relays resume NAME)".into());
+        }
+        if self.routes.borrow().is_none() {
+            return Err("no config from the control plane yet".into());
+        }
+        if !self.uplinks.any_alive() {
+            return Err("no uplink to the control plane is up".into());
+        }
+        Ok(())
+    }
+
     pub fn heartbeat(&self, seq: u64, conn: &Connection) -> Heartbeat {
         let generation = self.routes.borrow().as_ref().map_or(0, |r| r.generation);
         Heartbeat {
@@ -83,6 +125,8 @@ impl Relay {
             rtt_us: conn.rtt().as_micros() as u64,
             generation,
             draining: self.draining.is_cancelled(),
+            load: 0.0,
+            peer_rtts: Vec::new(),
         }
     }
 

@@ -1,4 +1,7 @@
 //! A relay TCP port: every connection to it is a tunnel to one TCP service.
+//!
+//! A raw TCP connection has nowhere to carry an access token, so a port whose service needs
+//! one closes every connection at once; such a service is reached with `sat connect --token`.
 
 use std::sync::Arc;
 
@@ -7,7 +10,7 @@ use sat_proto::stream::{StreamHeader, StreamKind};
 use sat_transport::splice::{self, Start};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::pool::Answered;
 use crate::relay::Relay;
@@ -18,6 +21,8 @@ pub async fn serve(
     relay: Arc<Relay>,
     stop: CancellationToken,
 ) {
+    // Said once per listener: the operator's mistake, which more connections do not change.
+    let mut warned = false;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -31,6 +36,21 @@ pub async fn serve(
             },
             () = stop.cancelled() => return,
         };
+        // (A service the config does not know is refused by `tunnel`, with its own message.)
+        let token_only = relay
+            .routes()
+            .is_some_and(|r| r.kind(&service).is_some() && r.needs_token(&service));
+        if token_only {
+            if !std::mem::replace(&mut warned, true) {
+                warn!(
+                    "service {service} requires an access token; raw TCP ports cannot carry one \
+                     — use `sat connect --token` or make the service public"
+                );
+            }
+            debug!(%peer, %service, "connection closed: the service requires an access token");
+            drop(tcp);
+            continue;
+        }
         let span = info_span!("tunnel", %peer, %service);
         relay
             .users

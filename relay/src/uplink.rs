@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint};
+use quinn::{Connection, Endpoint, SendStream};
 use rand::Rng;
 use sat_proto::control::{Drain, Frame, FrameDecoder, Goodbye, Hello};
 use sat_proto::liveness::{HeartbeatSchedule, HEARTBEAT_INTERVAL};
 use sat_transport::header::next_frame;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -23,6 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const RENEW_STAGGER: Duration = Duration::from_millis(250);
 
 /// Tokens that steer an uplink task through a shutdown.
 #[derive(Clone)]
@@ -42,6 +44,10 @@ pub async fn maintain(
     life: Lifecycle,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut epoch = relay.cert_epoch.subscribe();
+    // The connection being replaced after a certificate renewal: it keeps carrying its
+    // streams until the new one is up, then says goodbye.
+    let mut retiring: Option<SendStream> = None;
     while !life.close.is_cancelled() {
         let attempt = connect(&endpoint, &control, &relay.server_name);
         let outcome = tokio::select! {
@@ -50,13 +56,32 @@ pub async fn maintain(
         };
         match outcome {
             Ok(conn) => {
-                let reason = session(i, &control, &conn, &relay, &life).await;
-                relay.uplinks.set(i, None);
-                if life.close.is_cancelled() {
-                    return;
+                let s = Session {
+                    i,
+                    addr: &control,
+                    conn: &conn,
+                    relay: &relay,
+                    life: &life,
+                };
+                match s.run(&mut epoch, retiring.take()).await {
+                    Ended::Renewed(send) => {
+                        info!(
+                            uplink = i,
+                            "reconnecting uplink {i} with the renewed certificate"
+                        );
+                        retiring = Some(send);
+                        backoff = BACKOFF_MIN;
+                        continue;
+                    }
+                    Ended::Lost(reason) => {
+                        relay.uplinks.set(i, None);
+                        if life.close.is_cancelled() {
+                            return;
+                        }
+                        warn!(uplink = i, "uplink {i} lost: {reason}");
+                        backoff = BACKOFF_MIN;
+                    }
                 }
-                warn!(uplink = i, "uplink {i} lost: {reason}");
-                backoff = BACKOFF_MIN;
             }
             Err(e) => {
                 warn!(uplink = i, retry_in = ?backoff, "uplink {i} cannot connect to {control}: {e}");
@@ -93,95 +118,156 @@ async fn connect(
     }
 }
 
-/// One connected uplink, from Hello to loss or goodbye. Returns why it ended.
-async fn session(
-    i: usize,
-    addr: &str,
-    conn: &Connection,
-    relay: &Arc<Relay>,
-    life: &Lifecycle,
-) -> String {
-    let (mut send, mut recv) = match conn.open_bi().await {
-        Ok(pair) => pair,
-        Err(e) => return e.to_string(),
-    };
-    let hello = Frame::Hello(Hello {
-        relay: relay.name.clone(),
-        region: relay.region.clone(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        uplink: i as u32,
-        capabilities: vec!["tcp".into(), "http".into()],
-    });
-    if let Err(e) = send.write_all(&hello.to_bytes()).await {
-        return e.to_string();
-    }
-    let mut decoder = FrameDecoder::new();
-    match tokio::time::timeout(FIRST_PUSH_TIMEOUT, next_frame(&mut recv, &mut decoder)).await {
-        Ok(Ok(Some(Frame::ConfigPush(push)))) => relay.apply(&push),
-        Ok(Ok(Some(Frame::Goodbye(g)))) => return format!("control plane refused: {}", g.reason),
-        Ok(Ok(other)) => return format!("expected ConfigPush, got {other:?}"),
-        Ok(Err(e)) => return e,
-        Err(_) => return format!("no config within {FIRST_PUSH_TIMEOUT:?}"),
-    }
-    relay.uplinks.set(i, Some(conn.clone()));
-    info!(
-        uplink = i,
-        rtt_us = conn.rtt().as_micros() as u64,
-        "uplink {i} connected to {addr}"
-    );
-    relay.note_ready();
+/// How a session ended.
+enum Ended {
+    /// The connection is gone, or we closed it; why.
+    Lost(String),
+    /// The certificate was renewed: reconnect with it, then say goodbye on this control
+    /// channel (whose connection carries on with its streams until then).
+    Renewed(SendStream),
+}
 
-    let mut schedule = HeartbeatSchedule::new(Instant::now().into_std(), HEARTBEAT_INTERVAL);
-    let mut drained = false;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(schedule.deadline().into()) => {
-                if let Some(seq) = schedule.poll(Instant::now().into_std()) {
-                    let path = conn.stats().path;
-                    debug!(
-                        uplink = i,
-                        rtt_us = path.rtt.as_micros() as u64,
-                        mtu = path.current_mtu,
-                        cwnd = path.cwnd,
-                        lost_packets = path.lost_packets,
-                        black_holes = path.black_holes_detected,
-                        "uplink path"
-                    );
-                    let hb = relay.heartbeat(seq, conn);
-                    if let Err(e) = send.write_all(&Frame::Heartbeat(hb).to_bytes()).await {
-                        return e.to_string();
+/// One connected uplink, from Hello to loss or goodbye.
+struct Session<'a> {
+    i: usize,
+    addr: &'a str,
+    conn: &'a Connection,
+    relay: &'a Arc<Relay>,
+    life: &'a Lifecycle,
+}
+
+impl Session<'_> {
+    async fn run(&self, epoch: &mut watch::Receiver<u64>, retiring: Option<SendStream>) -> Ended {
+        let result = self.serve(epoch, retiring).await;
+        match result {
+            Ok(send) => Ended::Renewed(send),
+            Err(reason) => Ended::Lost(reason),
+        }
+    }
+
+    async fn serve(
+        &self,
+        epoch: &mut watch::Receiver<u64>,
+        retiring: Option<SendStream>,
+    ) -> Result<SendStream, String> {
+        let Self {
+            i,
+            addr,
+            conn,
+            relay,
+            life,
+        } = *self;
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(pair) => pair,
+            Err(e) => return Err(e.to_string()),
+        };
+        let hello = Frame::Hello(Hello {
+            relay: relay.name.clone(),
+            region: relay.region.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uplink: i as u32,
+            capabilities: vec!["tcp".into(), "http".into()],
+            location: relay.location,
+            addresses: relay.addresses.clone(),
+        });
+        if let Err(e) = send.write_all(&hello.to_bytes()).await {
+            return Err(e.to_string());
+        }
+        let mut decoder = FrameDecoder::new();
+        match tokio::time::timeout(FIRST_PUSH_TIMEOUT, next_frame(&mut recv, &mut decoder)).await {
+            Ok(Ok(Some(Frame::ConfigPush(push)))) => relay.apply(&push),
+            Ok(Ok(Some(Frame::Goodbye(g)))) => {
+                return Err(format!("control plane refused: {}", g.reason))
+            }
+            Ok(Ok(None)) => {
+                return Err(conn.close_reason().map_or_else(
+                    || "closed before the first config".into(),
+                    |r| r.to_string(),
+                ))
+            }
+            Ok(Ok(other)) => return Err(format!("expected ConfigPush, got {other:?}")),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(format!("no config within {FIRST_PUSH_TIMEOUT:?}")),
+        }
+        relay.uplinks.set(i, Some(conn.clone()));
+        if let Some(mut old) = retiring {
+            // New streams now go to the new connection; the old one closes by itself once its
+            // last stream ends and every handle to it is gone.
+            let bye = Frame::Goodbye(Goodbye {
+                reason: "certificate renewed".into(),
+            });
+            let _ = old.write_all(&bye.to_bytes()).await;
+            let _ = old.finish();
+        }
+        info!(
+            uplink = i,
+            rtt_us = conn.rtt().as_micros() as u64,
+            "uplink {i} connected to {addr}"
+        );
+        relay.note_ready();
+
+        let mut schedule = HeartbeatSchedule::new(Instant::now().into_std(), HEARTBEAT_INTERVAL);
+        let mut drained = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(schedule.deadline().into()) => {
+                    if let Some(seq) = schedule.poll(Instant::now().into_std()) {
+                        let path = conn.stats().path;
+                        debug!(
+                            uplink = i,
+                            rtt_us = path.rtt.as_micros() as u64,
+                            mtu = path.current_mtu,
+                            cwnd = path.cwnd,
+                            lost_packets = path.lost_packets,
+                            black_holes = path.black_holes_detected,
+                            "uplink path"
+                        );
+                        let hb = relay.heartbeat(seq, conn);
+                        if let Err(e) = send.write_all(&Frame::Heartbeat(hb).to_bytes()).await {
+                            return Err(e.to_string());
+                        }
                     }
                 }
-            }
-            frame = next_frame(&mut recv, &mut decoder) => match frame {
-                Ok(Some(Frame::ConfigPush(push))) => {
-                    relay.uplinks.heard(i);
-                    relay.apply(&push);
+                frame = next_frame(&mut recv, &mut decoder) => match frame {
+                    Ok(Some(Frame::ConfigPush(push))) => {
+                        relay.uplinks.heard(i);
+                        relay.apply(&push);
+                    }
+                    Ok(Some(Frame::Heartbeat(_))) => relay.uplinks.heard(i),
+                    Ok(Some(Frame::Drain(d))) => {
+                        info!(uplink = i, reason = %d.reason, "control plane asks for no new streams on uplink {i}");
+                        relay.uplinks.drain(i);
+                    }
+                    Ok(Some(Frame::Goodbye(g))) => return Err(format!("control plane said goodbye: {}", g.reason)),
+                    Ok(Some(Frame::Unknown(t))) => debug!(frame_type = t, "skipping unknown control frame"),
+                    Ok(Some(Frame::Hello(_))) => return Err("control plane sent Hello".into()),
+                    Ok(Some(f @ (Frame::Renew(_) | Frame::Renewed(_) | Frame::Refused(_) | Frame::Enrol(_) | Frame::Enrolled(_)))) => {
+                        return Err(format!("control plane sent an unexpected {} frame", f.name()))
+                    }
+                    Ok(None) => return Err("control channel closed".into()),
+                    Err(e) => return Err(e),
+                },
+                () = life.drain.cancelled(), if !drained => {
+                    drained = true;
+                    let drain = Frame::Drain(Drain { reason: "relay is shutting down".into() });
+                    let _ = send.write_all(&drain.to_bytes()).await;
                 }
-                Ok(Some(Frame::Heartbeat(_))) => relay.uplinks.heard(i),
-                Ok(Some(Frame::Drain(d))) => {
-                    info!(uplink = i, reason = %d.reason, "control plane asks for no new streams on uplink {i}");
-                    relay.uplinks.drain(i);
+                () = life.close.cancelled() => {
+                    let bye = Frame::Goodbye(Goodbye { reason: "relay is shutting down".into() });
+                    let _ = send.write_all(&bye.to_bytes()).await;
+                    let _ = send.finish();
+                    conn.close(0u32.into(), b"relay shutting down");
+                    return Err("closed".into());
                 }
-                Ok(Some(Frame::Goodbye(g))) => return format!("control plane said goodbye: {}", g.reason),
-                Ok(Some(Frame::Unknown(t))) => debug!(frame_type = t, "skipping unknown control frame"),
-                Ok(Some(Frame::Hello(_))) => return "control plane sent Hello".into(),
-                Ok(None) => return "control channel closed".into(),
-                Err(e) => return e,
-            },
-            () = life.drain.cancelled(), if !drained => {
-                drained = true;
-                let drain = Frame::Drain(Drain { reason: "relay is shutting down".into() });
-                let _ = send.write_all(&drain.to_bytes()).await;
+                changed = epoch.changed() => {
+                    if changed.is_ok() {
+                        // Uplinks reconnect one after another, not all in the same instant.
+                        tokio::time::sleep(RENEW_STAGGER * i as u32).await;
+                        return Ok(send);
+                    }
+                }
+                reason = conn.closed() => return Err(reason.to_string()),
             }
-            () = life.close.cancelled() => {
-                let bye = Frame::Goodbye(Goodbye { reason: "relay is shutting down".into() });
-                let _ = send.write_all(&bye.to_bytes()).await;
-                let _ = send.finish();
-                conn.close(0u32.into(), b"relay shutting down");
-                return "closed".into();
-            }
-            reason = conn.closed() => return reason.to_string(),
         }
     }
 }

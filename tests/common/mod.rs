@@ -470,7 +470,8 @@ pub fn peak_rss_mib(pid: i32) -> Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // PKI and config files
 
-/// A test CA in a directory, with the control plane's certificate already issued.
+/// A test web CA in a directory, for the relays' public HTTPS certificates (what users' curl
+/// and `sat connect --ca` trust). The control plane's own CA, which enrols relays, is separate.
 pub struct Pki {
     ca: Ca,
     dir: PathBuf,
@@ -486,13 +487,11 @@ impl Pki {
         let ca = Ca::generate("test CA").map_err(pki_err)?;
         let ca_path = dir.join("ca.pem");
         std::fs::write(&ca_path, ca.cert_pem())?;
-        let pki = Self {
+        Ok(Self {
             ca,
             dir: dir.to_owned(),
             ca_path,
-        };
-        pki.issue(&["sat-control", "127.0.0.1"], Usage::Server, "control")?;
-        Ok(pki)
+        })
     }
 
     /// Writes `<stem>.pem` and `<stem>-key.pem`.
@@ -505,10 +504,8 @@ impl Pki {
         cert.write(&self.dir, stem).map_err(pki_err)
     }
 
-    /// A relay's uplink client certificate (`<name>.pem`) and HTTPS one (`<name>-https.pem`),
-    /// the latter for [`HTTPS_NAMES`] and `hostnames`.
+    /// A relay's HTTPS certificate (`<name>-https.pem`) for [`HTTPS_NAMES`] and `hostnames`.
     pub fn relay_certs(&self, name: &str, hostnames: &[String]) -> Result<()> {
-        self.issue(&[name], Usage::Client, name)?;
         let mut names = HTTPS_NAMES.to_vec();
         names.extend(hostnames.iter().map(String::as_str));
         self.issue(&names, Usage::Server, &format!("{name}-https"))
@@ -527,15 +524,24 @@ pub struct Service {
     pub kind: Kind,
     pub backend: SocketAddr,
     pub hostnames: Vec<String>,
+    /// `access = "token"`.
+    pub token: bool,
 }
 
 impl Service {
+    /// The same service, gated by access tokens.
+    pub fn with_token(mut self) -> Self {
+        self.token = true;
+        self
+    }
+
     pub fn tcp(name: &str, backend: SocketAddr) -> Self {
         Self {
             name: name.into(),
             kind: Kind::Tcp,
             backend,
             hostnames: vec![],
+            token: false,
         }
     }
 
@@ -545,11 +551,12 @@ impl Service {
             kind: Kind::Http,
             backend,
             hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+            token: false,
         }
     }
 }
 
-/// What goes into control.toml besides the fixed `[control]` and `[tls]` tables.
+/// What goes into control.toml besides the fixed `[control]` and `[admin]` tables.
 #[derive(Debug, Clone, Default)]
 pub struct ControlOpts {
     pub services: Vec<Service>,
@@ -557,13 +564,19 @@ pub struct ControlOpts {
     pub response_timeout: Option<&'static str>,
     /// `[backend] connect_timeout`; the product default when `None`.
     pub connect_timeout: Option<&'static str>,
+    /// `[control] relay_cert_lifetime`; the product default (24h) when `None`.
+    pub relay_cert_lifetime: Option<&'static str>,
 }
 
-pub fn control_toml(opts: &ControlOpts, listen: &str) -> String {
+/// control.toml with its uplink listener on `listen` and the admin API on `admin`.
+pub fn control_toml(opts: &ControlOpts, listen: &str, admin: &str) -> String {
     let mut s = format!(
-        "[control]\nname = \"control-1\"\nlisten = \"{listen}\"\n\n\
-         [tls]\nca = \"ca.pem\"\ncert = \"control.pem\"\nkey = \"control-key.pem\"\n"
+        "[control]\nname = \"control-1\"\nlisten = \"{listen}\"\ndata_dir = \"control-data\"\n"
     );
+    if let Some(t) = opts.relay_cert_lifetime {
+        s.push_str(&format!("relay_cert_lifetime = \"{t}\"\n"));
+    }
+    s.push_str(&format!("\n[admin]\nlisten = \"{admin}\"\n"));
     if opts.response_timeout.is_some() || opts.connect_timeout.is_some() {
         s.push_str("\n[backend]\n");
         if let Some(t) = opts.response_timeout {
@@ -585,6 +598,9 @@ pub fn control_toml(opts: &ControlOpts, listen: &str) -> String {
         if svc.kind == Kind::Http {
             let hosts: Vec<String> = svc.hostnames.iter().map(|h| format!("\"{h}\"")).collect();
             s.push_str(&format!("hostnames = [{}]\n", hosts.join(", ")));
+        }
+        if svc.token {
+            s.push_str("access = \"token\"\n");
         }
     }
     s
@@ -610,6 +626,8 @@ pub struct RelayOpts {
     /// Services that get a `[[tcp]]` port of their own.
     pub tcp: Vec<String>,
     pub drain_grace: &'static str,
+    /// `[relay] health_listen` on 127.0.0.1:0.
+    pub health: bool,
 }
 
 impl Default for RelayOpts {
@@ -625,20 +643,27 @@ impl Default for RelayOpts {
             max_header_size: None,
             tcp: vec![],
             drain_grace: "5s",
+            health: false,
         }
     }
 }
 
-pub fn relay_toml(name: &str, region: &str, control: &[SocketAddr], opts: &RelayOpts) -> String {
+/// A relay's toml; its region comes from its enrolment token, its identity lives in
+/// `<name>-data`.
+pub fn relay_toml(name: &str, control: &[SocketAddr], opts: &RelayOpts) -> String {
     let control: Vec<String> = control.iter().map(|a| format!("\"{a}\"")).collect();
     let mut s = format!(
-        "[relay]\nname = \"{name}\"\nregion = \"{region}\"\ndrain_grace = \"{}\"\n\n\
-         [uplink]\ncontrol = [{}]\nserver_name = \"sat-control\"\nconnections = {}\n\n\
-         [tls]\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}-key.pem\"\n",
-        opts.drain_grace,
+        "[relay]\nname = \"{name}\"\ndata_dir = \"{name}-data\"\ndrain_grace = \"{}\"\n",
+        opts.drain_grace
+    );
+    if opts.health {
+        s.push_str("health_listen = \"127.0.0.1:0\"\n");
+    }
+    s.push_str(&format!(
+        "\n[uplink]\ncontrol = [{}]\nserver_name = \"sat-control\"\nconnections = {}\n",
         control.join(", "),
         opts.uplinks,
-    );
+    ));
     if opts.https {
         s.push_str(&format!(
             "\n[https]\nlisten = \"127.0.0.1:0\"\ncert = \"{name}-https.pem\"\n\
@@ -674,6 +699,10 @@ pub struct Net {
     // Processes first: fields drop in order, so they die before their directory goes.
     pub control: Proc,
     pub control_addr: SocketAddr,
+    /// The admin API, `http://<admin_addr>`.
+    pub admin_addr: SocketAddr,
+    pub admin_token: String,
+    opts: ControlOpts,
     pki: Pki,
     /// Host names of the HTTP services, for the relays' HTTPS certificates.
     hostnames: Vec<String>,
@@ -690,6 +719,9 @@ pub struct Relay {
     pub quic: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub tcp: HashMap<String, SocketAddr>,
+    pub health: Option<SocketAddr>,
+    /// The relay's config file, to start it again.
+    pub config: PathBuf,
 }
 
 impl Relay {
@@ -721,24 +753,78 @@ impl Net {
     pub async fn start_with(opts: ControlOpts) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let pki = Pki::new(dir.path())?;
-        let config = dir.path().join("control.toml");
-        std::fs::write(&config, control_toml(&opts, "127.0.0.1:0"))?;
-        let mut cmd = sat_cmd(["control", "--config"]);
-        cmd.arg(&config);
-        let control = Proc::spawn("control", cmd)?;
-        let control_addr = control.log.wait_listening("quic", None, STARTUP).await?;
+        let (control, control_addr, admin_addr) =
+            start_control(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0").await?;
+        let token_file = dir.path().join("control-data/admin.token");
+        let admin_token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_owned();
         Ok(Self {
             control,
             control_addr,
+            admin_addr,
+            admin_token,
             pki,
             hostnames: opts
                 .services
                 .iter()
                 .flat_map(|s| s.hostnames.clone())
                 .collect(),
+            opts,
             relays: 0,
             dir,
         })
+    }
+
+    /// Stops the control plane (SIGKILL: nothing gets to tidy up) and starts it again on the
+    /// same addresses and data dir.
+    pub async fn restart_control(&mut self) -> Result<()> {
+        self.control.kill().await?;
+        let (control, _, _) = start_control(
+            self.dir.path(),
+            &self.opts,
+            &self.control_addr.to_string(),
+            &self.admin_addr.to_string(),
+        )
+        .await?;
+        self.control = control;
+        Ok(())
+    }
+
+    /// `sat admin --url .. --json ARGS`, with the admin token in the environment. Returns the
+    /// exit status, stdout and stderr.
+    pub async fn admin<I, S>(&self, args: I) -> Result<(ExitStatus, String, String)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = sat_cmd(["admin", "--url"]);
+        cmd.arg(format!("http://{}", self.admin_addr))
+            .args(args)
+            .env("SAT_ADMIN_TOKEN", &self.admin_token);
+        run(cmd, SHORT).await
+    }
+
+    /// Like [`Net::admin`] but fails unless the command succeeds; returns its stdout.
+    pub async fn admin_ok<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let (status, out, err) = self.admin(args).await?;
+        if !status.success() {
+            bail!("sat admin failed ({status}): {err}");
+        }
+        Ok(out)
+    }
+
+    /// A one-time enrolment token for a relay named `name` in `region`.
+    pub async fn relay_token(&self, region: &str, name: &str) -> Result<String> {
+        let out = self
+            .admin_ok(["relay-token", "create", "--region", region, "--name", name])
+            .await?;
+        Ok(out.trim().to_owned())
     }
 
     pub fn ca(&self) -> &Path {
@@ -760,9 +846,10 @@ impl Net {
             opts.control.clone()
         };
         let config = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, relay_toml(&name, &region, &control, &opts))?;
+        std::fs::write(&config, relay_toml(&name, &control, &opts))?;
+        let token = self.relay_token(&region, &name).await?;
         let mut cmd = sat_cmd(["relay", "--config"]);
-        cmd.arg(&config);
+        cmd.arg(&config).env("SAT_RELAY_TOKEN", token);
         let proc = Proc::spawn(&name, cmd)?;
 
         proc.log.wait_for("relay ready", STARTUP).await?;
@@ -787,6 +874,10 @@ impl Net {
                 log.wait_listening("tcp", Some(svc), SHORT).await?,
             );
         }
+        let health = match opts.health {
+            true => Some(log.wait_listening("health", None, SHORT).await?),
+            false => None,
+        };
         Ok(Relay {
             proc,
             name,
@@ -795,8 +886,29 @@ impl Net {
             quic,
             http,
             tcp,
+            health,
+            config,
         })
     }
+}
+
+/// Writes control.toml into `dir` and starts `sat control`; returns it with its uplink and
+/// admin addresses once it is up.
+async fn start_control(
+    dir: &Path,
+    opts: &ControlOpts,
+    listen: &str,
+    admin: &str,
+) -> Result<(Proc, SocketAddr, SocketAddr)> {
+    let config = dir.join("control.toml");
+    std::fs::write(&config, control_toml(opts, listen, admin))?;
+    let mut cmd = sat_cmd(["control", "--config"]);
+    cmd.arg(&config);
+    let control = Proc::spawn("control", cmd)?;
+    let control_addr = control.log.wait_listening("quic", None, STARTUP).await?;
+    let admin_addr = control.log.wait_listening("admin", None, STARTUP).await?;
+    control.log.wait_for("control plane up", STARTUP).await?;
+    Ok((control, control_addr, admin_addr))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ pub enum TransportError {
     },
     #[error("{path} holds no {what} in PEM form; expected a '-----BEGIN {what}-----' block")]
     NoPem { path: PathBuf, what: &'static str },
+    #[error("PEM text holds no certificate chain and private key")]
+    BadPem,
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]

@@ -5,6 +5,7 @@
 //! meet it, as quinn is to quinn-proto.
 //!
 //! - [`tls`]: certificates from PEM, rustls and quinn configs for uplinks and user tunnels.
+//! - [`pin`]: a certificate replaceable at run time, and trust pinned by a CA fingerprint.
 //! - [`splice`]: QUIC stream ⇄ TCP or any byte stream, with FIN/RST propagation.
 //! - [`io`]: a QUIC stream pair as one `AsyncRead + AsyncWrite`, for hyper.
 //! - [`http`]: what both ends of an HTTP stream share: the body type, plain-text answers.
@@ -14,6 +15,7 @@ mod error;
 pub mod header;
 pub mod http;
 pub mod io;
+pub mod pin;
 pub mod splice;
 pub mod tls;
 

@@ -9,6 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use crate::pin::CertSlot;
 use crate::TransportError;
 
 /// A certificate chain and its private key, as loaded from PEM files.
@@ -50,6 +51,29 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// An identity from PEM text: a certificate chain and its private key.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
+        let chain: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .ok()
+            .flatten();
+        match (chain.is_empty(), key) {
+            (false, Some(key)) => Ok(Self { chain, key }),
+            _ => Err(TransportError::BadPem),
+        }
+    }
+}
+
+/// Certificates from PEM text.
+pub fn certs_from_pem(pem: &str) -> Vec<CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TransportError> {
     std::fs::read(path).map_err(|source| TransportError::Read {
         path: path.to_owned(),
@@ -80,7 +104,7 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TransportError> {
     Ok(roots)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -102,6 +126,55 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Whether a server asks its peers for a certificate.
+pub enum ClientAuth {
+    /// Every peer must present a certificate from these roots.
+    Required(RootCertStore),
+    /// A peer may present one (and it is then verified against these roots) or none; the
+    /// application decides, per ALPN, what an anonymous peer may do.
+    Optional(RootCertStore),
+}
+
+/// A TLS server config presenting whatever `certs` holds at each handshake.
+pub fn server_config_with(
+    certs: Arc<CertSlot>,
+    auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TransportError> {
+    let (roots, optional) = match auth {
+        ClientAuth::Required(r) => (r, false),
+        ClientAuth::Optional(r) => (r, true),
+    };
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| TransportError::Verifier(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A TLS client config trusting `roots` and presenting whatever `certs` holds at each
+/// handshake.
+pub fn client_config_with(
+    roots: RootCertStore,
+    certs: Arc<CertSlot>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TransportError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -260,6 +333,31 @@ pub fn quic_client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(limits.transport());
     Ok(config)
+}
+
+/// The leaf certificate a peer authenticated with, if it presented one.
+pub fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().cloned()
+}
+
+/// The ALPN protocol a connection agreed on.
+pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Serial number (lower-case hex) and expiry (unix seconds) of a DER certificate.
+pub fn serial_and_expiry(cert: &CertificateDer<'_>) -> Option<(String, i64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let serial = crate::pin::hex(cert.raw_serial());
+    Some((serial, cert.validity().not_after.timestamp()))
 }
 
 /// The first DNS name (or, failing that, the common name) of a peer's leaf certificate: the

@@ -1,0 +1,169 @@
+//! The config every relay runs, and the task that republishes it.
+//!
+//! A snapshot is built from the store (services, relays, signing keys, revocations) and the
+//! registry (which relays are up). The publisher rebuilds it when an admin change wakes it,
+//! and checks relay health four times a second, so that a relay going silent for 3 s, or
+//! coming back, reaches every relay within a second. Each new snapshot gets the next
+//! generation from the store, so generations keep growing across restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sat_proto::access::VerifyKey;
+use sat_proto::control::{ConfigPush, RelayInfo, RelayState};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::registry::{Health, Registry};
+use crate::server::Shared;
+use crate::services::ServiceTable;
+use crate::store::{RelayAdminState, RelayRecord, ServiceRecord, Store, StoreError};
+
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// What the control channels push and the stream handlers dial by.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub services: ServiceTable,
+    pub push: ConfigPush,
+}
+
+/// The store's part of a snapshot, reloaded only when something in the store changed.
+pub(crate) struct Sources {
+    services: Vec<ServiceRecord>,
+    relays: Vec<RelayRecord>,
+    keys: Vec<VerifyKey>,
+    revoked: Vec<String>,
+}
+
+impl Sources {
+    pub(crate) async fn load(store: &Store, keys: Vec<VerifyKey>) -> Result<Self, StoreError> {
+        Ok(Self {
+            services: store.services().await?,
+            relays: store.relays().await?,
+            keys,
+            revoked: store.revoked_access_tokens(now_ms()).await?,
+        })
+    }
+
+    pub(crate) fn snapshot(&self, generation: u64, relays: Vec<RelayInfo>) -> Snapshot {
+        let services = ServiceTable::from_records(&self.services);
+        let push = ConfigPush {
+            generation,
+            services: services.infos(),
+            relays,
+            access_keys: self.keys.clone(),
+            revoked_tokens: self.revoked.clone(),
+        };
+        Snapshot { services, push }
+    }
+
+    /// Every relay that is not revoked, with its state as of now.
+    pub(crate) fn relays(&self, registry: &Registry) -> Vec<RelayInfo> {
+        let now = Instant::now();
+        self.relays
+            .iter()
+            .filter(|r| r.state != RelayAdminState::Revoked)
+            .map(|r| {
+                let live = registry.view(&r.name, now);
+                let health = live.as_ref().map_or(Health::Down, |l| l.health);
+                let state = match (r.state, health) {
+                    (RelayAdminState::Drained, _) | (_, Health::Draining) => RelayState::Draining,
+                    (_, Health::Up) => RelayState::Up,
+                    (_, Health::Down) => RelayState::Down,
+                };
+                RelayInfo {
+                    name: r.name.clone(),
+                    region: r.region.clone(),
+                    state,
+                    addresses: live
+                        .as_ref()
+                        .map_or_else(|| r.addresses.clone(), |l| l.addresses.clone()),
+                    location: live.as_ref().and_then(|l| l.location).or(r
+                        .location
+                        .map(|(lat, lon)| sat_proto::control::Location { lat, lon })),
+                    rtt_us: live.and_then(|l| l.rtt_us).unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Republishes until `stop`: at once when woken through `Shared::changed`, and whenever a
+/// relay's state changes.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    mut sources: Sources,
+    stop: CancellationToken,
+) {
+    let mut published = comparable(&tx.borrow().push.relays);
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let woken = tokio::select! {
+            () = shared.changed.notified() => true,
+            _ = tick.tick() => false,
+            () = stop.cancelled() => return,
+        };
+        if woken {
+            match Sources::load(&shared.store, shared.signer.verify_keys()).await {
+                Ok(s) => sources = s,
+                Err(e) => {
+                    warn!("cannot reload config from the store; keeping the last one: {e}");
+                    continue;
+                }
+            }
+        }
+        let relays = sources.relays(&shared.registry);
+        let now = comparable(&relays);
+        if !woken && now == published {
+            continue;
+        }
+        let generation = match shared.store.bump_generation().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!("cannot publish config: {e}");
+                continue;
+            }
+        };
+        log_changes(&published, &now);
+        info!(
+            generation,
+            services = sources.services.len(),
+            relays = relays.len(),
+            "config published"
+        );
+        published = now;
+        tx.send_replace(Arc::new(sources.snapshot(generation, relays)));
+    }
+}
+
+/// The relay map without round trips, which change all the time and are not news.
+fn comparable(relays: &[RelayInfo]) -> Vec<RelayInfo> {
+    relays
+        .iter()
+        .map(|r| RelayInfo {
+            rtt_us: 0,
+            ..r.clone()
+        })
+        .collect()
+}
+
+fn log_changes(before: &[RelayInfo], after: &[RelayInfo]) {
+    for r in after {
+        let old = before.iter().find(|b| b.name == r.name).map(|b| b.state);
+        if old != Some(r.state) {
+            info!(relay = %r.name, region = %r.region, state = ?r.state, was = ?old, "relay state changed");
+        }
+    }
+}
+
+/// Wall-clock unix milliseconds, the store's unit of time.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
