@@ -16,6 +16,8 @@ use serde::Serialize;
 use crate::cli::{EXIT_FAILURE, EXIT_NOPERM, EXIT_UNAVAILABLE, EXIT_USAGE};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:4434";
+/// The help heading of the options every `sat admin` command takes, apart from its own.
+const ADMIN_OPTIONS: &str = "Admin API options";
 
 #[derive(clap::Args)]
 #[command(
@@ -32,13 +34,13 @@ sat admin --url http://10.0.0.5:4434 --json relays"
 )]
 pub struct AdminArgs {
     /// The control plane's admin API.
-    #[arg(long, env = "SAT_ADMIN_URL", default_value = DEFAULT_URL, global = true)]
+    #[arg(long, env = "SAT_ADMIN_URL", default_value = DEFAULT_URL, global = true, help_heading = ADMIN_OPTIONS)]
     url: String,
     /// File holding the admin token [default: the `sat up` control plane's admin.token]
-    #[arg(long, env = "SAT_ADMIN_TOKEN_FILE", global = true)]
+    #[arg(long, env = "SAT_ADMIN_TOKEN_FILE", global = true, help_heading = ADMIN_OPTIONS)]
     token_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table, for scripts.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = ADMIN_OPTIONS)]
     json: bool,
     #[command(subcommand)]
     command: AdminCommand,
@@ -47,7 +49,10 @@ pub struct AdminArgs {
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Create one-time tokens that enrol new relays.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  sat admin relay-token create --region eu-west --ttl 1h"
+    )]
     RelayToken(RelayTokenCommand),
     /// List the relays with their health (the default), or drain, resume or revoke one.
     #[command(after_help = "Examples:\n  \
@@ -59,10 +64,22 @@ sat admin relays resume eu-west-1")]
         command: Option<RelaysCommand>,
     },
     /// List, add or remove the services that relays publish.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+sat admin services list\n  \
+sat admin services add ssh --kind tcp --backend 10.0.0.7:22 --access token\n  \
+sat admin services remove ssh"
+    )]
     Services(ServicesCommand),
     /// Create, list or revoke access tokens for services with `--access token`.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+sat admin token create --service ssh --ttl 8h\n  \
+sat admin token list\n  \
+sat admin token revoke 3f2a9c0d1e4b5a6f"
+    )]
     Token(TokenCommand),
     /// Show the latest admin changes, newest first: when, who, what.
     #[command(after_help = "Example:\n  sat admin audit --limit 20")]
@@ -467,6 +484,9 @@ fn relays_table(relays: &[RelayView]) -> String {
                 table::ago(r.last_heartbeat_ms_ago),
                 table::rtt(r.rtt_us),
                 r.streams.to_string(),
+                r.connections.to_string(),
+                r.load
+                    .map_or_else(|| "-".into(), |l| format!("{:.0}%", l * 100.0)),
                 r.version.clone(),
             ]
         })
@@ -479,6 +499,8 @@ fn relays_table(relays: &[RelayView]) -> String {
             "LAST HEARTBEAT",
             "RTT",
             "STREAMS",
+            "USERS",
+            "LOAD",
             "VERSION",
         ],
         rows,
@@ -560,6 +582,7 @@ mod tests {
             rtt_us: Some(12_345),
             streams: 4,
             connections: 2,
+            load: Some(0.125),
             uplinks: 2,
             version: "0.1.0".into(),
             addresses: vec![],
@@ -567,8 +590,8 @@ mod tests {
         }]);
         assert_eq!(
             out,
-            "NAME       REGION   STATE  LAST HEARTBEAT  RTT      STREAMS  VERSION\n\
-             eu-west-1  eu-west  up     1.2s ago        12.3 ms  4        0.1.0\n"
+            "NAME       REGION   STATE  LAST HEARTBEAT  RTT      STREAMS  USERS  LOAD  VERSION\n\
+             eu-west-1  eu-west  up     1.2s ago        12.3 ms  4        2      12%   0.1.0\n"
         );
     }
 

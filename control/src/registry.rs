@@ -35,6 +35,7 @@ pub struct LiveView {
     pub rtt_us: Option<u64>,
     pub open_streams: u64,
     pub user_connections: u64,
+    pub load: Option<f32>,
 }
 
 struct Uplink {
@@ -148,6 +149,7 @@ impl Registry {
             rtt_us,
             open_streams: latest.map_or(0, |b| b.open_streams),
             user_connections: latest.map_or(0, |b| b.user_connections),
+            load: latest.map(|b| b.load),
         })
     }
 

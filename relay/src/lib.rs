@@ -20,6 +20,7 @@ mod health;
 mod http;
 mod identity;
 mod listen;
+mod load;
 mod pool;
 mod relay;
 mod routes;
@@ -146,7 +147,12 @@ pub async fn run(
     }
     if let Some(listener) = sockets.health {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
-        listeners.spawn(health::serve(listener, relay.clone(), stop.clone()));
+        // Health answers until the very end, so that load balancers see the drain (503).
+        background.spawn(health::serve(
+            listener,
+            relay.clone(),
+            stop_background.clone(),
+        ));
     }
 
     shutdown.cancelled().await;

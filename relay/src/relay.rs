@@ -32,6 +32,7 @@ pub struct Relay {
     /// Announced in Hello: where users reach this relay and where it stands.
     pub addresses: Vec<String>,
     pub location: Option<Location>,
+    load: crate::load::LoadMeter,
     /// Bumped when the relay's certificate is renewed; uplinks then reconnect with it.
     pub cert_epoch: watch::Sender<u64>,
 }
@@ -51,6 +52,7 @@ impl Relay {
             listed_draining: AtomicBool::new(false),
             addresses: Vec::new(),
             location: None,
+            load: crate::load::LoadMeter::default(),
             cert_epoch: watch::channel(0).0,
         }
     }
@@ -125,7 +127,8 @@ impl Relay {
             rtt_us: conn.rtt().as_micros() as u64,
             generation,
             draining: self.draining.is_cancelled(),
-            load: 0.0,
+            load: self.load.sample(),
+            // Relay-to-relay probes arrive with geo routing.
             peer_rtts: Vec::new(),
         }
     }

@@ -35,6 +35,9 @@ pub struct RelayView {
     pub streams: u64,
     #[serde(default)]
     pub connections: u64,
+    /// Share of its machine's CPU the relay used over the last heartbeat, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<f32>,
     #[serde(default)]
     pub uplinks: u32,
     #[serde(default)]

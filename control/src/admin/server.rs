@@ -307,6 +307,7 @@ fn relay_view(r: &RelayRecord, shared: &Shared, now: Instant, now_ms: i64) -> Re
         rtt_us: live.as_ref().and_then(|l| l.rtt_us),
         streams: live.as_ref().map_or(0, |l| l.open_streams),
         connections: live.as_ref().map_or(0, |l| l.user_connections),
+        load: live.as_ref().and_then(|l| l.load),
         uplinks: live.as_ref().map_or(0, |l| l.uplinks),
         version: live
             .as_ref()
@@ -354,7 +355,7 @@ async fn relay_action(
         )));
     }
     shared.store.set_relay_state(name, state, now_ms()).await?;
-    let mut detail = serde_json::json!({ "from": format!("{:?}", current.state) });
+    let mut detail = serde_json::json!({ "from": current.state.as_str() });
     if state == RelayAdminState::Revoked {
         let closed = shared
             .registry
