@@ -207,7 +207,8 @@ impl RelayConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tcp.iter().enumerate() {
             validate_service_name(&t.service).map_err(|e| format!("tcp[{i}].service: {e}"))?;
-            if !seen.insert(t.listen) {
+            // Port 0 asks for a fresh port each time, so it may repeat.
+            if t.listen.port() != 0 && !seen.insert(t.listen) {
                 return Err(format!("tcp[{i}].listen: {} is used twice", t.listen));
             }
         }
