@@ -226,7 +226,9 @@ fn leaf_params(
     }];
     // A random serial: the control plane knows each relay certificate by it.
     let mut serial: [u8; 16] = rand::random();
-    serial[0] &= 0x7f; // a positive DER integer
+    // Positive, and no leading zero byte that DER would strip: the certificate then carries
+    // exactly these 16 bytes, the serial the store records.
+    serial[0] = (serial[0] & 0x7f).max(1);
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     set_validity(&mut params, lifetime);
     Ok(params)

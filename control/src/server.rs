@@ -114,7 +114,14 @@ pub async fn run(
     let alpn = [sat_proto::ALPN_UPLINK, sat_proto::ALPN_ENROL];
     let tls = tls::server_config_with(certs.clone(), ClientAuth::Optional(roots), &alpn)?;
     let server = tls::quic_server_config(tls, QuicLimits::UPLINK)?;
-    let endpoint = tls::server_endpoint(sockets.uplink, server).map_err(ControlError::Endpoint)?;
+    // Kept across restarts: after a crash, relays' old uplinks are reset at once rather
+    // than left to time out, so they reconnect within a round trip.
+    let reset = tls::reset_secret(dir).map_err(|source| ControlError::Io {
+        path: dir.join("quic-reset.key"),
+        source,
+    })?;
+    let endpoint = tls::server_endpoint(sockets.uplink, server, Some(&reset))
+        .map_err(ControlError::Endpoint)?;
 
     let registry = Registry::default();
     let sources = Sources::load(&store, signer.verify_keys()).await?;

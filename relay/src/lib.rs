@@ -128,7 +128,14 @@ pub async fn run(
     if let (Some(socket), Some(identity)) = (sockets.quic, &https_identity) {
         let tls = tls::server_config(identity, None, &[sat_proto::ALPN_CLIENT])?;
         let server = tls::quic_server_config(tls, QuicLimits::CLIENT)?;
-        let ep = tls::server_endpoint(socket, server).map_err(RelayError::Endpoint)?;
+        // A restarted relay resets its clients' old connections at once; they redial.
+        let dir = &config.relay.data_dir;
+        let reset = tls::reset_secret(dir).map_err(|source| RelayError::Io {
+            path: dir.join("quic-reset.key"),
+            source,
+        })?;
+        let ep =
+            tls::server_endpoint(socket, server, Some(&reset)).map_err(RelayError::Endpoint)?;
         listeners.spawn(accept_clients(ep.clone(), relay.clone(), stop.clone()));
         client_endpoint = Some(ep);
     }

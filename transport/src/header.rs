@@ -75,6 +75,10 @@ pub async fn next_frame(
         match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => decoder.push(&chunk.bytes),
             Ok(None) => return Ok(None),
+            // quinn's own text is only "connection lost"; the peer's close reason is the news.
+            Err(quinn::ReadError::ConnectionLost(e)) => {
+                return Err(format!("control channel: {e}"))
+            }
             Err(e) => return Err(format!("control channel: {e}")),
         }
     }

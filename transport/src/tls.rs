@@ -8,6 +8,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
+use sha2::{Digest, Sha256};
 
 use crate::pin::CertSlot;
 use crate::TransportError;
@@ -200,11 +201,55 @@ pub fn client_config(
 pub const MAX_DATAGRAM: u16 = 6500;
 
 /// An endpoint config that accepts datagrams as large as path MTU discovery may find.
-pub fn endpoint_config() -> quinn::EndpointConfig {
-    let mut config = quinn::EndpointConfig::default();
+///
+/// With `reset_secret`, stateless resets are keyed from it rather than from a random key
+/// made at start. A server that keeps the secret across restarts can then reset its peers'
+/// old connections at once (they accept the reset), instead of leaving them to time out.
+pub fn endpoint_config(reset_secret: Option<&[u8]>) -> quinn::EndpointConfig {
+    let mut config = match reset_secret {
+        Some(secret) => {
+            let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                secret,
+            )));
+            // Connection IDs must stay recognisable too: a packet whose ID fails the
+            // generator's check is dropped without a reset.
+            let mut cid_key = [0u8; 8];
+            cid_key.copy_from_slice(&Sha256::digest(secret)[..8]);
+            let cid_key = u64::from_le_bytes(cid_key);
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            config
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     // Cannot fail: the value is within the range the setter checks.
     let _ = config.max_udp_payload_size(MAX_DATAGRAM);
     config
+}
+
+/// The stateless-reset secret kept in `dir` (`quic-reset.key`, owner-only), made on first use.
+pub fn reset_secret(dir: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("quic-reset.key");
+    if let Ok(secret) = std::fs::read(&path) {
+        if secret.len() >= 32 {
+            return Ok(secret);
+        }
+    }
+    let mut secret = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| std::io::Error::other("no randomness from the OS"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(&secret)?;
+    Ok(secret)
 }
 
 /// A client-only QUIC endpoint on `bind`, with [`endpoint_config`].
@@ -212,7 +257,7 @@ pub fn client_endpoint(bind: std::net::SocketAddr) -> std::io::Result<quinn::End
     let socket = std::net::UdpSocket::bind(bind)?;
     size_udp_buffers(&socket);
     quinn::Endpoint::new(
-        endpoint_config(),
+        endpoint_config(None),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -223,10 +268,11 @@ pub fn client_endpoint(bind: std::net::SocketAddr) -> std::io::Result<quinn::End
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     server: quinn::ServerConfig,
+    reset_secret: Option<&[u8]>,
 ) -> std::io::Result<quinn::Endpoint> {
     size_udp_buffers(&socket);
     quinn::Endpoint::new(
-        endpoint_config(),
+        endpoint_config(reset_secret),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
