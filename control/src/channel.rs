@@ -32,7 +32,12 @@ pub(crate) async fn run(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(format!("no Hello within {HELLO_TIMEOUT:?}")),
     };
-    check_hello(&hello, cert_name)?;
+    if let Err(reason) = check_hello(&hello, cert_name) {
+        // Refused for good: say so with the code a relay does not retry quickly on.
+        warn!("refusing uplink: {reason}");
+        conn.close(sat_proto::close::REFUSED.into(), reason.as_bytes());
+        return Err(reason);
+    }
     shared.registry.connected(&hello, conn);
     let location = hello.location.map(|l| (l.lat, l.lon));
     let now = crate::publish::now_ms();

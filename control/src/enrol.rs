@@ -25,7 +25,7 @@ pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>) {
     let Ok(Ok((mut send, mut recv))) =
         tokio::time::timeout(REQUEST_TIMEOUT, conn.accept_bi()).await
     else {
-        return conn.close(server::CLOSE_REFUSED.into(), b"no request");
+        return conn.close(sat_proto::close::PROTOCOL_ERROR.into(), b"no request");
     };
     let mut decoder = FrameDecoder::new();
     let request = tokio::time::timeout(REQUEST_TIMEOUT, next_frame(&mut recv, &mut decoder)).await;
@@ -93,6 +93,9 @@ async fn enrol(req: Enrol, shared: &Shared) -> Result<Frame, String> {
         state_changed_at: now,
     };
     store.put_relay(&record).await.map_err(unavailable)?;
+    // A relay replaced under the same name: its old certificates (perhaps stolen, if it was
+    // revoked) must not open uplinks any more.
+    store.forget_relay_certs(&name).await.map_err(unavailable)?;
     store
         .insert_relay_cert(&signed.serial, &name, now, signed.not_after * 1000)
         .await
@@ -138,7 +141,9 @@ fn refusal_text(refusal: &RedeemRefusal) -> String {
 }
 
 async fn renew(req: Renew, conn: &Connection, shared: &Shared) -> Result<Frame, String> {
-    let name = server::authorize(conn, shared).await?;
+    let name = server::authorize(conn, shared)
+        .await
+        .map_err(|r| r.reason)?;
     let signed = shared
         .ca
         .sign_csr(&req.csr_pem, &name, shared.control.relay_cert_lifetime)

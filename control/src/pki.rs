@@ -290,6 +290,34 @@ mod tests {
         assert_eq!(issuer(&leaf.cert_pem), issuer(&other.cert_pem));
     }
 
+    #[test]
+    fn signed_csrs_carry_the_serial_the_store_records() {
+        let ca = Ca::generate("test CA").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::new(vec!["asked-for".into()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        // One serial in 128 used to start with a zero byte, which DER drops.
+        for _ in 0..512 {
+            let signed = ca
+                .sign_csr(&csr, "relay-1", Duration::from_secs(60))
+                .unwrap();
+            let der = rustls_pemfile_like(&signed.cert_pem);
+            let (serial, not_after) =
+                sat_transport::tls::serial_and_expiry(&der.clone().into()).unwrap();
+            assert_eq!(serial, signed.serial);
+            assert_eq!(not_after, signed.not_after);
+            // The control plane's name wins over the one in the CSR.
+            assert_eq!(
+                sat_transport::tls::leaf_name(&der.into()).as_deref(),
+                Some("relay-1")
+            );
+        }
+    }
+
     fn rustls_pemfile_like(pem: &str) -> Vec<u8> {
         let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         p.contents

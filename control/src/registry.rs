@@ -106,7 +106,7 @@ impl Registry {
             .map(|l| l.uplinks.values().map(|u| u.conn.clone()).collect())
             .unwrap_or_default();
         for conn in &conns {
-            conn.close(crate::server::CLOSE_REFUSED.into(), reason.as_bytes());
+            conn.close(sat_proto::close::REFUSED.into(), reason.as_bytes());
         }
         conns.len()
     }

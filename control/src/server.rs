@@ -1,10 +1,12 @@
 //! The control plane's entry point and the life of one uplink connection.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::RootCertStore;
+use sat_proto::close;
 use sat_proto::stream::{RejectCode, Response, StreamHeader, StreamKind};
 use sat_transport::header::{self, HeaderError};
 use sat_transport::pin::CertSlot;
@@ -24,9 +26,8 @@ use crate::{admin, channel, enrol, http, tunnel, ControlConfig, ControlError};
 
 /// How long a relay has to send a stream's header once it opened the stream.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// QUIC close code for a peer we refuse (revoked, unknown certificate, bad enrolment).
-pub(crate) const CLOSE_REFUSED: u32 = 2;
-/// The control plane's own uplink certificate: reissued at every start and every day.
+/// The control plane's own uplink certificate: reissued at every start and every day, when
+/// expired relay certificates are also forgotten.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 const SERVER_CERT_RENEW_EVERY: Duration = Duration::from_secs(24 * 3600);
 
@@ -90,10 +91,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ControlError> {
     let dir = &config.control.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| ControlError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    // Owner-only: it holds the CA key, the admin token and the store.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ControlError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     let store = Store::open(&dir.join("sat.db")).await?;
     seed_services(&store, &config).await?;
     let ca = match &config.ca {
@@ -207,6 +213,7 @@ pub async fn run(
     background.close();
     background.wait().await;
     endpoint.wait_idle().await;
+    shared.store.close().await;
     info!("control plane stopped");
     Ok(())
 }
@@ -259,6 +266,17 @@ async fn renew_server_cert(shared: Arc<Shared>, certs: Arc<CertSlot>, stop: Canc
             Ok(()) => info!("renewed the control plane's uplink certificate"),
             Err(e) => warn!("cannot renew the control plane's uplink certificate: {e}"),
         }
+        // Records of relay certificates that expired a day ago or more serve no purpose.
+        let day = SERVER_CERT_RENEW_EVERY.as_millis() as i64;
+        match shared
+            .store
+            .prune_relay_certs(publish::now_ms() - day)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "forgot expired relay certificates"),
+            Err(e) => warn!("cannot prune expired relay certificates: {e}"),
+        }
     }
 }
 
@@ -278,9 +296,9 @@ async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
     let relay = match authorize(&conn, &shared).await {
         Ok(name) => name,
-        Err(reason) => {
+        Err(Refusal { code, reason }) => {
             warn!(peer = %remote, "refusing uplink: {reason}");
-            return conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+            return conn.close(code.into(), reason.as_bytes());
         }
     };
     let span = info_span!("uplink", conn = conn.stable_id(), peer = %remote, relay = %relay);
@@ -290,7 +308,7 @@ async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
             Ok(Err(e)) => return debug!("uplink closed before its control channel: {e}"),
             Err(_) => {
                 warn!("no control channel within {HEADER_TIMEOUT:?}; closing");
-                return conn.close(1u32.into(), b"no control channel");
+                return conn.close(close::PROTOCOL_ERROR.into(), b"no control channel");
             }
         };
         let channel = channel::run(send, recv, &conn, &relay, &shared);
@@ -302,7 +320,7 @@ async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
                     (Err(_), Some(closed)) => info!("uplink closed: {closed}"),
                     (Err(reason), None) => {
                         warn!("closing uplink: {reason}");
-                        conn.close(1u32.into(), reason.as_bytes());
+                        conn.close(close::PROTOCOL_ERROR.into(), reason.as_bytes());
                     }
                     // A goodbye: the relay opens no new streams here, but some may be on
                     // their way; serve them until the relay closes the connection.
@@ -320,15 +338,52 @@ async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
     .await
 }
 
+/// Why a peer was turned away, and whether it may try again as it is.
+pub(crate) struct Refusal {
+    pub code: u32,
+    pub reason: String,
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Self {
+        String::from(reason).into()
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Self {
+            code: close::REFUSED,
+            reason,
+        }
+    }
+}
+
 /// Who the peer of an uplink is, if we let it in: a certificate this control plane issued,
-/// to a relay that is not revoked. The error is the reason we tell the relay.
-pub(crate) async fn authorize(conn: &Connection, shared: &Shared) -> Result<String, String> {
+/// to a relay that is not revoked.
+pub(crate) async fn authorize(conn: &Connection, shared: &Shared) -> Result<String, Refusal> {
     let leaf = tls::peer_leaf(conn).ok_or(
         "no client certificate: an uplink needs the certificate the relay got at enrolment",
     )?;
     let name = tls::leaf_name(&leaf).ok_or("client certificate names no relay")?;
     let (serial, _) = tls::serial_and_expiry(&leaf).ok_or("unreadable client certificate")?;
-    let unavailable = |e| format!("control plane cannot check relay identity now ({e}); retry");
+    let unavailable = |e| Refusal {
+        code: close::TRY_AGAIN,
+        reason: format!("control plane cannot check relay identity now ({e}); retry"),
+    };
+    // The relay's state first: a revoked relay hears that it is revoked, not merely that its
+    // certificate (forgotten at the revocation) is unknown.
+    match shared.store.relay(&name).await.map_err(unavailable)? {
+        Some(r) if r.state == RelayAdminState::Revoked => {
+            return Err(format!(
+                "relay \"{name}\" has been revoked by an operator; to bring it back, enrol it \
+                 again with a new token"
+            )
+            .into())
+        }
+        // Not registered: its certificate cannot be ours either, which the check below says.
+        Some(_) | None => {}
+    }
     let owner = shared
         .store
         .cert_owner(&serial)
@@ -336,20 +391,13 @@ pub(crate) async fn authorize(conn: &Connection, shared: &Shared) -> Result<Stri
         .map_err(unavailable)?;
     if owner.as_deref() != Some(name.as_str()) {
         return Err(format!(
-            "certificate {serial} for \"{name}\" is unknown to this control plane; enrol the \
-             relay again with a new token (`sat admin relay-token create`)"
-        ));
+            "certificate {serial} for \"{name}\" is unknown to this control plane (replaced by \
+             a newer enrolment, or never issued here); enrol the relay again with a new token \
+             (`sat admin relay-token create`)"
+        )
+        .into());
     }
-    match shared.store.relay(&name).await.map_err(unavailable)? {
-        Some(r) if r.state == RelayAdminState::Revoked => Err(format!(
-            "relay \"{name}\" has been revoked by an operator; to bring it back, enrol it again \
-             with a new token"
-        )),
-        Some(_) => Ok(name),
-        None => Err(format!(
-            "relay \"{name}\" is not registered; enrol it again"
-        )),
-    }
+    Ok(name)
 }
 
 async fn accept_streams(conn: &Connection, shared: &Arc<Shared>) {

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sat_control::admin::api::CreateRelayToken;
+use sat_control::admin::api::{CreateRelayToken, ServiceView};
 use sat_control::admin::client::AdminClient;
 use sat_control::pki::{Ca, Usage};
 use sat_control::ControlConfig;
@@ -92,6 +92,11 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         control_stop.clone(),
     ));
     let admin = admin_client(&admin_token_path).await?;
+    // The demo and echo apps listen on new ports at every start; the store seeded on the
+    // first start still has the old ones.
+    for (name, backend) in [("demo", demo_addr), ("echo", echo_addr)] {
+        repoint(&admin, name, backend).await?;
+    }
 
     let relay_stop = CancellationToken::new();
     let relays = TaskTracker::new();
@@ -99,8 +104,8 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         let path = dir.join(format!("relay-{}.toml", plan.region));
         write(&path, &relay_toml(plan))?;
         let mut config = RelayConfig::load(&path)?;
-        // Every start brings a fresh one-time token; a relay that is already enrolled keeps
-        // its identity and leaves the token unused (it expires in minutes).
+        // Every start brings a fresh one-time token, and the relay enrols again with it: a
+        // development network should come up whatever happened to it since the last run.
         let token = admin
             .create_relay_token(&CreateRelayToken {
                 region: plan.region.into(),
@@ -139,6 +144,24 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
     backends.close();
     backends.wait().await;
     waited
+}
+
+/// Points service `name` at `backend` if the store has it elsewhere.
+async fn repoint(admin: &AdminClient, name: &str, backend: SocketAddr) -> Result<(), DevnetError> {
+    let services = admin.services().await?;
+    let Some(current) = services.into_iter().find(|s| s.name == name) else {
+        return Ok(());
+    };
+    if current.backend == backend.to_string() {
+        return Ok(());
+    }
+    admin.remove_service(name).await?;
+    let moved = ServiceView {
+        backend: backend.to_string(),
+        ..current
+    };
+    admin.add_service(&moved).await?;
+    Ok(())
 }
 
 /// A client of the control plane's admin API, once it answers.

@@ -32,5 +32,16 @@ pub const ALPN_UPLINK: &[u8] = b"sat/1";
 pub const ALPN_ENROL: &[u8] = b"sat-enrol/1";
 /// ALPN of user tunnels (`sat connect` → relay), over QUIC or over the TLS fallback.
 pub const ALPN_CLIENT: &[u8] = b"sat-client/1";
+/// QUIC application close codes of uplinks and enrolment connections.
+pub mod close {
+    /// The peer broke the protocol.
+    pub const PROTOCOL_ERROR: u32 = 1;
+    /// Refused for good: a revoked relay, an unknown certificate, a relay using another's name.
+    /// Retrying as is cannot help; the relay must enrol again.
+    pub const REFUSED: u32 = 2;
+    /// Refused for now (the control plane cannot check the relay's identity); retry later.
+    pub const TRY_AGAIN: u32 = 3;
+}
+
 /// Version byte carried in every stream header; see `docs/protocol.md` for when it changes.
 pub const VERSION: u8 = 1;

@@ -38,6 +38,10 @@ pub struct Enrolment {
     /// Unix seconds: when the current certificate arrived, and when it expires.
     pub issued_at: u64,
     pub not_after: u64,
+    /// The id of the token this identity came from: a token with another id means the
+    /// operator wants the relay enrolled again.
+    #[serde(default)]
+    pub token_id: String,
 }
 
 impl Enrolment {
@@ -195,6 +199,7 @@ pub async fn enrol(
         region: done.region.clone(),
         issued_at: now_unix(),
         not_after,
+        token_id: token.id.clone(),
     };
     files.store(
         &enrolment,

@@ -206,9 +206,15 @@ async fn load_or_enrol(
     let stored = files.load()?;
     if let Some((enrolment, id, roots)) = stored {
         let expired = enrolment.not_after <= identity::now_unix();
-        if !expired {
-            if token.is_some() {
-                info!(relay = %enrolment.name, "already enrolled; ignoring the enrolment token");
+        let same_token = token.is_some_and(|t| {
+            sat_proto::enrol::EnrolToken::parse(t).is_ok_and(|t| t.id == enrolment.token_id)
+        });
+        let new_token = token.is_some() && !same_token;
+        if new_token {
+            info!(relay = %enrolment.name, "a new enrolment token was given: enrolling again");
+        } else if !expired {
+            if same_token {
+                info!(relay = %enrolment.name, "already enrolled with this token; ignoring it");
             }
             if config
                 .relay
@@ -220,11 +226,12 @@ async fn load_or_enrol(
             }
             return Ok((enrolment, id, roots));
         }
-        if token.is_none() {
+        if !new_token {
             return Err(RelayError::Enrol {
                 message: format!(
-                    "the relay certificate in {} expired while the relay was off; enrol again with a new token (`sat admin relay-token create --name {}`, then `sat relay --token ...`)",
+                    "the relay certificate in {} expired while the relay was off; enrol again with a new token (`sat admin relay-token create --region {} --name {}`, then `sat relay --token ...`)",
                     config.relay.data_dir.display(),
+                    enrolment.region,
                     enrolment.name
                 ),
                 retry: false,
@@ -257,8 +264,10 @@ fn public_addresses(config: &RelayConfig, sockets: &Sockets) -> Vec<String> {
         return config.relay.public_addresses.clone();
     }
     let tcp = [&sockets.https, &sockets.http];
+    // A wildcard address says nothing about where users reach the relay.
     tcp.iter()
         .filter_map(|l| l.as_ref().and_then(|l| l.local_addr().ok()))
+        .filter(|a| !a.ip().is_unspecified())
         .map(|a| a.to_string())
         .collect()
 }

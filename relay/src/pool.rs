@@ -89,6 +89,12 @@ impl Uplinks {
         self.heard(i);
     }
 
+    /// Whether uplink `i` holds `conn`, i.e. that connection got as far as its first config.
+    pub fn was_set(&self, i: usize, conn: &Connection) -> bool {
+        let current = self.slots[i].conn.lock().ok().and_then(|c| c.clone());
+        current.is_some_and(|c| c.stable_id() == conn.stable_id())
+    }
+
     /// The control plane asked for no new streams on uplink `i`.
     pub fn drain(&self, i: usize) {
         self.slots[i].draining.store(true, Ordering::Relaxed);

@@ -33,6 +33,8 @@ pub struct Relay {
     pub addresses: Vec<String>,
     pub location: Option<Location>,
     load: crate::load::LoadMeter,
+    /// Why the control plane last refused this relay for good, until an uplink gets in.
+    refusal: std::sync::Mutex<Option<String>>,
     /// Bumped when the relay's certificate is renewed; uplinks then reconnect with it.
     pub cert_epoch: watch::Sender<u64>,
 }
@@ -53,6 +55,7 @@ impl Relay {
             addresses: Vec::new(),
             location: None,
             load: crate::load::LoadMeter::default(),
+            refusal: std::sync::Mutex::new(None),
             cert_epoch: watch::channel(0).0,
         }
     }
@@ -101,6 +104,13 @@ impl Relay {
         }
     }
 
+    /// Records (or clears) the control plane's refusal of this relay.
+    pub fn refused(&self, reason: Option<String>) {
+        if let Ok(mut r) = self.refusal.lock() {
+            *r = reason;
+        }
+    }
+
     /// Whether the relay should get new users: `Err` says why not, for `/readyz`.
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.is_cancelled() {
@@ -113,7 +123,11 @@ impl Relay {
             return Err("no config from the control plane yet".into());
         }
         if !self.uplinks.any_alive() {
-            return Err("no uplink to the control plane is up".into());
+            let refusal = self.refusal.lock().ok().and_then(|r| r.clone());
+            return Err(match refusal {
+                Some(r) => format!("refused by the control plane: {r}"),
+                None => "no uplink to the control plane is up".into(),
+            });
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use sat_transport::header::next_frame;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::relay::Relay;
 
@@ -25,6 +25,9 @@ const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const RENEW_STAGGER: Duration = Duration::from_millis(250);
+/// How often a relay the control plane refused (revoked, unknown) tries again: in case the
+/// refusal was a mistake being fixed, without filling the control plane's log.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// Tokens that steer an uplink task through a shutdown.
 #[derive(Clone)]
@@ -73,13 +76,34 @@ pub async fn maintain(
                         backoff = BACKOFF_MIN;
                         continue;
                     }
-                    Ended::Lost(reason) => {
+                    Ended::Lost {
+                        reason,
+                        established,
+                    } => {
                         relay.uplinks.set(i, None);
                         if life.close.is_cancelled() {
                             return;
                         }
-                        warn!(uplink = i, "uplink {i} lost: {reason}");
-                        backoff = BACKOFF_MIN;
+                        if let Some(refusal) = refusal(&conn) {
+                            relay.refused(Some(refusal.clone()));
+                            error!(
+                                uplink = i,
+                                retry_in = ?REFUSED_RETRY,
+                                "the control plane refuses this relay: {refusal}. To bring it \
+                                 back, create a token (`sat admin relay-token create --region \
+                                 {} --name {}`) and restart the relay with --token",
+                                relay.region,
+                                relay.name
+                            );
+                            backoff = REFUSED_RETRY;
+                        } else {
+                            warn!(uplink = i, "uplink {i} lost: {reason}");
+                            // Only a session that got going earns a quick retry; one that
+                            // fails every time backs off.
+                            if established {
+                                backoff = BACKOFF_MIN;
+                            }
+                        }
                     }
                 }
             }
@@ -94,7 +118,19 @@ pub async fn maintain(
             () = tokio::time::sleep(wait) => {}
             () = life.close.cancelled() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff = (backoff * 2).min(BACKOFF_MAX).max(backoff);
+    }
+}
+
+/// The reason the control plane gave if it closed the connection refusing this relay for good.
+fn refusal(conn: &Connection) -> Option<String> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == sat_proto::close::REFUSED.into() =>
+        {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        _ => None,
     }
 }
 
@@ -120,8 +156,8 @@ async fn connect(
 
 /// How a session ended.
 enum Ended {
-    /// The connection is gone, or we closed it; why.
-    Lost(String),
+    /// The connection is gone, or we closed it; why, and whether it had got its config.
+    Lost { reason: String, established: bool },
     /// The certificate was renewed: reconnect with it, then say goodbye on this control
     /// channel (whose connection carries on with its streams until then).
     Renewed(SendStream),
@@ -141,7 +177,10 @@ impl Session<'_> {
         let result = self.serve(epoch, retiring).await;
         match result {
             Ok(send) => Ended::Renewed(send),
-            Err(reason) => Ended::Lost(reason),
+            Err(reason) => Ended::Lost {
+                reason,
+                established: self.relay.uplinks.was_set(self.i, self.conn),
+            },
         }
     }
 
@@ -204,6 +243,7 @@ impl Session<'_> {
             rtt_us = conn.rtt().as_micros() as u64,
             "uplink {i} connected to {addr}"
         );
+        relay.refused(None);
         relay.note_ready();
 
         let mut schedule = HeartbeatSchedule::new(Instant::now().into_std(), HEARTBEAT_INTERVAL);

@@ -351,12 +351,14 @@ async fn relay_action(
     };
     if current.state == RelayAdminState::Revoked && state != RelayAdminState::Revoked {
         return Err(conflict(format!(
-            "relay \"{name}\" is revoked; it must enrol again with a new token (`sat admin relay-token create --name {name}`)"
+            "relay \"{name}\" is revoked; it must enrol again with a new token (`sat admin relay-token create --region {} --name {name}`)",
+            current.region
         )));
     }
     shared.store.set_relay_state(name, state, now_ms()).await?;
     let mut detail = serde_json::json!({ "from": current.state.as_str() });
     if state == RelayAdminState::Revoked {
+        shared.store.forget_relay_certs(name).await?;
         let closed = shared
             .registry
             .close_all(name, &format!("relay \"{name}\" revoked by an operator"));

@@ -419,6 +419,21 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Forgets every certificate of `relay`: after a revocation or a re-enrolment under the
+    /// same name, none of the old certificates opens an uplink again.
+    pub async fn forget_relay_certs(&self, relay: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM relay_certs WHERE relay = $1")
+            .bind(relay)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Closes the pool, so that SQLite checkpoints its write-ahead log into the database.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Every service, by name.
     pub async fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
         let rows = sqlx::query(
