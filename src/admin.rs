@@ -23,8 +23,8 @@ const ADMIN_OPTIONS: &str = "Admin API options";
 #[command(
     after_help = "The admin token is read from --token-file (or SAT_ADMIN_TOKEN_FILE), else taken \
 from SAT_ADMIN_TOKEN, else from the `sat up` control plane's data directory \
-(~/.local/share/sat/up/control/admin.token). A control plane writes <data_dir>/admin.token \
-when it first starts with an [admin] section.\n\n\
+($SAT_DATA_DIR or ~/.local/share/sat/up, then control/admin.token). A control plane writes \
+<data_dir>/admin.token (mode 0600) when it first starts, and again if the file is deleted.\n\n\
 Examples:\n  \
 sat admin relays\n  \
 sat admin relay-token create --region eu-west\n  \
@@ -154,7 +154,7 @@ enum ServicesCommand {
 sat admin services add web --kind http --backend 127.0.0.1:3000 --hostname app.example.com\n  \
 sat admin services add ssh --kind tcp --backend 10.0.0.7:22 --access token")]
     Add {
-        /// The service's name: lowercase letters, digits and dashes.
+        /// The service's name: lowercase letters, digits, dashes and underscores.
         name: String,
         /// How users reach it: http (by hostname, on the relays' HTTPS port) or tcp (through
         /// sat connect / sat forward).
@@ -424,7 +424,13 @@ fn admin_token(file: Option<PathBuf>) -> Result<(String, String), String> {
         }
     }
     let named = file.is_some();
-    let path = file.unwrap_or_else(|| sat_devnet::default_data_dir().join("control/admin.token"));
+    let path = file.unwrap_or_else(|| {
+        // Where `sat up` keeps its control plane, honouring the same SAT_DATA_DIR it does.
+        let up = std::env::var_os("SAT_DATA_DIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(sat_devnet::default_data_dir, std::path::PathBuf::from);
+        up.join("control/admin.token")
+    });
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {
             Ok((text.trim().to_owned(), path.display().to_string()))
@@ -432,7 +438,7 @@ fn admin_token(file: Option<PathBuf>) -> Result<(String, String), String> {
         Ok(_) => Err(format!("{}: the admin token file is empty", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => Err(format!(
             "no admin token: {} does not exist. A control plane writes <data_dir>/admin.token \
-             when it first starts with an [admin] section (`sat up` does); pass that file with \
+             when it first starts (`sat up` keeps it in its data dir); pass that file with \
              --token-file or SAT_ADMIN_TOKEN_FILE, or the token itself in SAT_ADMIN_TOKEN",
             path.display()
         )),

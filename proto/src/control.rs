@@ -195,7 +195,8 @@ pub struct Goodbye {
     pub reason: String,
 }
 
-/// Relay → control plane on the control channel: please sign my next certificate.
+/// Relay → control plane on an enrolment connection (ALPN `sat-enrol/1`) authenticated with
+/// the relay's current certificate: please sign my next one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Renew {
     /// A PKCS#10 request for a fresh key pair, PEM; its subject is ignored (the control plane
@@ -212,8 +213,8 @@ pub struct Renewed {
     pub not_after: u64,
 }
 
-/// Control plane → relay: a [`Renew`] or an [`Enrol`] is refused. On the control channel the
-/// connection stays up; on an enrolment connection it is closed after this frame.
+/// Control plane → relay: a [`Renew`] or an [`Enrol`] is refused. The enrolment connection is
+/// closed after this frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {
     /// For the relay's operator: what is wrong and what to do.

@@ -28,7 +28,7 @@ pub struct RelaySection {
     /// The name to enrol under, if the enrolment token does not fix one. After enrolment the
     /// name in the certificate is the relay's name.
     pub name: Option<String>,
-    /// Where the relay stands, for geo routing; without it the control plane guesses.
+    /// Where the relay stands, announced for geo routing.
     pub location: Option<Location>,
     /// Where users reach this relay (host:port or IP), announced to the control plane.
     #[serde(default)]

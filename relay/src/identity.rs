@@ -328,7 +328,11 @@ pub async fn renew_forever(mut r: Renewal, relay: Arc<Relay>, stop: Cancellation
         match renew_once(&r).await {
             Ok((enrolment, identity)) => {
                 if let Err(e) = r.certs.replace(&identity) {
-                    warn!("cannot use the renewed certificate: {e}");
+                    warn!(retry_in = ?RETRY_MAX, "cannot use the renewed certificate: {e}");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_MAX) => {}
+                        () = stop.cancelled() => return,
+                    }
                     continue;
                 }
                 r.enrolment = enrolment;
