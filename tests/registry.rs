@@ -771,6 +771,14 @@ async fn services_added_and_removed_through_the_api_reach_every_relay() -> Resul
         "POST /v1/services answered {answer}"
     );
 
+    // The API answers once the new config is on its way; each relay has it a moment later.
+    for relay in &relays {
+        relay
+            .proc
+            .log
+            .wait_for("services=2", Duration::from_secs(2))
+            .await?;
+    }
     for relay in &relays {
         let took = wait_http(relay, "web2.localhost", Duration::from_secs(2), |s, b| {
             s == 200 && b == HELLO

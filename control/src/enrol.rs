@@ -111,7 +111,7 @@ async fn enrol(req: Enrol, shared: &Shared) -> Result<Frame, String> {
     if let Err(e) = store.append_audit(&audit).await {
         warn!("cannot write the audit log: {e}");
     }
-    shared.changed.notify_one();
+    shared.publish().await;
     info!(relay = %name, region = %token.region, serial = %signed.serial, "relay enrolled");
     Ok(Frame::Enrolled(Enrolled {
         name,

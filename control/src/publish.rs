@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sat_proto::access::VerifyKey;
 use sat_proto::control::{ConfigPush, RelayInfo, RelayState};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -91,20 +91,34 @@ impl Sources {
     }
 }
 
-/// Republishes until `stop`: at once when woken through `Shared::changed`, and whenever a
-/// relay's state changes.
+/// A request to publish what the store holds now; answered with the generation that
+/// includes it.
+pub(crate) type PublishRequest = oneshot::Sender<u64>;
+
+/// Republishes until `stop`: at once for each request (see [`Shared::publish`]), and whenever
+/// a relay's state changes.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     tx: watch::Sender<Arc<Snapshot>>,
+    mut requests: mpsc::UnboundedReceiver<PublishRequest>,
     mut sources: Sources,
     stop: CancellationToken,
 ) {
     let mut published = comparable(&tx.borrow().push.relays);
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting = Vec::new();
     loop {
         let woken = tokio::select! {
-            () = shared.changed.notified() => true,
+            Some(first) = requests.recv() => {
+                // Every request taken here was sent after its change reached the store, so the
+                // reload below includes them all.
+                waiting.push(first);
+                while let Ok(more) = requests.try_recv() {
+                    waiting.push(more);
+                }
+                true
+            }
             _ = tick.tick() => false,
             () = stop.cancelled() => return,
         };
@@ -138,6 +152,9 @@ pub(crate) async fn run(
         );
         published = now;
         tx.send_replace(Arc::new(sources.snapshot(generation, relays)));
+        for w in waiting.drain(..) {
+            let _ = w.send(generation);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use sat_proto::stream::{RejectCode, Response, StreamHeader, StreamKind};
 use sat_transport::header::{self, HeaderError};
 use sat_transport::pin::CertSlot;
 use sat_transport::tls::{self, ClientAuth, Identity, QuicLimits};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -38,8 +38,8 @@ pub(crate) struct Shared {
     pub signer: Signer,
     pub registry: Registry,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// Wakes the publisher after a change in the store.
-    pub changed: Notify,
+    /// Asks the publisher to publish what the store holds; see [`Shared::publish`].
+    pub publish_requests: mpsc::UnboundedSender<publish::PublishRequest>,
     pub control: ControlSection,
     pub backend: BackendSection,
     pub http: http::Pool,
@@ -47,6 +47,20 @@ pub(crate) struct Shared {
     pub draining: CancellationToken,
     /// Every data stream in flight, so that a drain can wait for them.
     pub streams: TaskTracker,
+}
+
+/// How long a change waits for the publisher before its caller carries on regardless.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+
+impl Shared {
+    /// Publishes what the store holds now, and returns once relays have been sent a config
+    /// that includes it: an operator who adds a service and then uses it finds it there.
+    pub(crate) async fn publish(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.publish_requests.send(tx).is_ok() {
+            let _ = tokio::time::timeout(PUBLISH_WAIT, rx).await;
+        }
+    }
 }
 
 /// The sockets a control plane serves, bound by the caller before `run`.
@@ -141,13 +155,14 @@ pub async fn run(
         "control plane up"
     );
     let (tx, snapshot) = watch::channel(Arc::new(first));
+    let (publish_requests, requests) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         store,
         ca,
         signer,
         registry,
         snapshot,
-        changed: Notify::new(),
+        publish_requests,
         http: http::Pool::new(&config.backend),
         control: config.control.clone(),
         backend: config.backend.clone(),
@@ -160,6 +175,7 @@ pub async fn run(
     background.spawn(publish::run(
         shared.clone(),
         tx,
+        requests,
         sources,
         stop_background.clone(),
     ));

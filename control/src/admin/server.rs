@@ -262,7 +262,7 @@ async fn record(
         warn!("cannot write the audit log: {e}");
     }
     info!(%actor, %action, %target, "admin change");
-    shared.changed.notify_one();
+    shared.publish().await;
 }
 
 fn parse_ttl(ttl: Option<&str>, default: Duration, max: Duration) -> Result<Duration, Refusal> {
