@@ -1,0 +1,113 @@
+//! The geo DNS server ranks relays and looks up GeoIP on every query, so both must cost far
+//! less than a DNS round trip. Run with `cargo bench -p sat-geo`.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use sat_geo::geoip::GeoIp;
+use sat_geo::hysteresis::{History, Hysteresis};
+use sat_geo::rank::{rank, Candidate, Client};
+use sat_proto::control::{Location, RelayInfo, RelayState};
+
+/// `n` relays spread over the globe, one in ten draining, one in twenty overloaded; the
+/// client has measured a third of them and is placed (so the rest are estimated).
+fn network(n: usize) -> (Client, Vec<RelayInfo>, Vec<f32>) {
+    let relays: Vec<RelayInfo> = (0..n)
+        .map(|i| RelayInfo {
+            name: format!("relay-{i:03}"),
+            region: format!("region-{}", i % 12),
+            state: if i % 10 == 9 {
+                RelayState::Draining
+            } else {
+                RelayState::Up
+            },
+            addresses: vec![format!("192.0.2.{i}:443")],
+            location: Some(Location {
+                lat: (i as f64 * 37.0) % 140.0 - 70.0,
+                lon: (i as f64 * 71.0) % 360.0 - 180.0,
+            }),
+            rtt_us: 5_000 + (i as u64 * 7_919) % 150_000,
+        })
+        .collect();
+    let loads = (0..n)
+        .map(|i| if i % 20 == 7 { 0.9 } else { 0.3 })
+        .collect();
+    let client = Client {
+        location: Some(Location {
+            lat: 51.5,
+            lon: -0.1,
+        }),
+        measured: relays
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 0)
+            .map(|(i, r)| {
+                (
+                    r.name.clone(),
+                    Duration::from_micros(2_000 + i as u64 * 1_301),
+                )
+            })
+            .collect(),
+    };
+    (client, relays, loads)
+}
+
+fn candidates<'a>(relays: &'a [RelayInfo], loads: &[f32]) -> Vec<Candidate<'a>> {
+    relays
+        .iter()
+        .zip(loads)
+        .map(|(info, &load)| Candidate { info, load })
+        .collect()
+}
+
+fn ranking(c: &mut Criterion) {
+    for n in [3, 100] {
+        let (client, relays, loads) = network(n);
+        let candidates = candidates(&relays, &loads);
+        c.bench_function(&format!("rank {n} relays"), |b| {
+            b.iter(|| rank(black_box(&client), black_box(&candidates)))
+        });
+    }
+}
+
+fn hysteresis(c: &mut Criterion) {
+    for n in [3, 100] {
+        let (client, relays, loads) = network(n);
+        let candidates = candidates(&relays, &loads);
+        let ranked = rank(&client, &candidates);
+        let mut choice = Hysteresis::new(History::default());
+        let start = Instant::now();
+        let mut round = 0u64;
+        c.bench_function(&format!("hysteresis update, {n} relays"), |b| {
+            b.iter(|| {
+                round += 1;
+                let now = start + Duration::from_millis(round * 1000);
+                choice.update(black_box(now), black_box(&ranked))
+            })
+        });
+    }
+}
+
+fn geoip(c: &mut Criterion) {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/GeoIP2-City-Test.mmdb");
+    let db = GeoIp::open(&path).expect("test database");
+    let hit: IpAddr = "81.2.69.142".parse().expect("address");
+    let miss: IpAddr = "10.1.2.3".parse().expect("address");
+    let v6: IpAddr = "2001:480:10::1".parse().expect("address");
+    c.bench_function("geoip lookup, IPv4 hit", |b| {
+        b.iter(|| db.lookup(black_box(hit)))
+    });
+    c.bench_function("geoip lookup, IPv6 hit", |b| {
+        b.iter(|| db.lookup(black_box(v6)))
+    });
+    c.bench_function("geoip lookup, miss", |b| {
+        b.iter(|| db.lookup(black_box(miss)))
+    });
+}
+
+criterion_group!(benches, ranking, hysteresis, geoip);
+criterion_main!(benches);
