@@ -1272,3 +1272,139 @@ async fn health_and_readiness_probes() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. The public relay map and the latency check
+
+/// `curl -i` of `url` with `Host: host`; returns the status, the headers (lower case) and the body.
+async fn curl_get(url: &str, host: &str, method: &str) -> Result<(u16, String, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--max-time", "10", "-X", method, "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(url);
+    let (status, out, err) = run(cmd, SHORT).await?;
+    ensure!(status.success(), "curl {url}: {status}: {err}");
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no header end in {out:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// Every relay and the control plane publish the relay map at /api/relays, and relays answer
+/// a latency check that any web page may time; a service's own /api/relays is not shadowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_publish_the_relay_map_and_a_latency_check() -> Result<()> {
+    let web = serve(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nbackend")
+            .await;
+    })
+    .await?;
+    let mut net = Net::start(vec![Service::http("web", web.addr, &["web.localhost"])]).await?;
+    let plain = RelayOpts {
+        plain_http: true,
+        ..Default::default()
+    };
+    let r1 = net.relay(plain.clone()).await?;
+    let r2 = net.relay(plain).await?;
+    wait_state(&net, &r2.name, "up", SHORT).await?;
+
+    for relay in [&r1, &r2] {
+        let addr = relay.http()?;
+        // The map, by the relay's own address; the second relay may need a push to see both up.
+        let deadline = Instant::now() + SHORT;
+        let map: Value = loop {
+            let (code, head, body) = curl_get(
+                &format!("http://{addr}/api/relays"),
+                &addr.to_string(),
+                "GET",
+            )
+            .await?;
+            ensure!(
+                code == 200,
+                "GET /api/relays via {}: {code}\n{body}",
+                relay.name
+            );
+            ensure!(head.contains("access-control-allow-origin: *"), "{head}");
+            let map: Value = serde_json::from_str(&body)?;
+            let up = map["relays"]
+                .as_array()
+                .is_some_and(|rs| rs.len() == 2 && rs.iter().all(|r| r["state"] == "up"));
+            if up {
+                break map;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "relay map via {}: {map:#}",
+                relay.name
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        for r in map["relays"].as_array().into_iter().flatten() {
+            let url = r["latency_url"].as_str().unwrap_or_default();
+            ensure!(
+                url.ends_with("/api/latency") && url.contains("127.0.0.1:"),
+                "latency_url of {}: {r:#}",
+                r["name"]
+            );
+            ensure!(
+                r["region"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("region-")),
+                "{r:#}"
+            );
+        }
+
+        // The latency check: empty, uncached, timeable from any origin, for GET and preflight.
+        for method in ["GET", "OPTIONS"] {
+            let (code, head, body) = curl_get(
+                &format!("http://{addr}/api/latency"),
+                &addr.to_string(),
+                method,
+            )
+            .await?;
+            ensure!(
+                code == 204 && body.is_empty(),
+                "{method} /api/latency: {code} {body}"
+            );
+            for h in [
+                "access-control-allow-origin: *",
+                "timing-allow-origin: *",
+                "cache-control: no-store",
+            ] {
+                ensure!(head.contains(h), "{method} /api/latency lacks {h}: {head}");
+            }
+        }
+
+        // A service's host goes to the service, whatever the path.
+        let (code, _, body) =
+            curl_get(&format!("http://{addr}/api/relays"), "web.localhost", "GET").await?;
+        ensure!(
+            code == 200 && body == "backend",
+            "web.localhost/api/relays: {code} {body}"
+        );
+    }
+
+    // The control plane publishes the same map, without a token.
+    let (code, body) = curl_api(&net, "GET", "/api/relays", None, None).await?;
+    ensure!(code == 200, "control GET /api/relays: {code} {body}");
+    let map: Value = serde_json::from_str(&body)?;
+    let names: Vec<&str> = map["relays"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    ensure!(
+        names == [r1.name.as_str(), r2.name.as_str()],
+        "control map: {map:#}"
+    );
+    Ok(())
+}

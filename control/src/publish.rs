@@ -14,7 +14,7 @@ use sat_proto::control::{ConfigPush, RelayInfo, RelayState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::registry::{Health, Registry};
 use crate::server::Shared;
@@ -22,6 +22,8 @@ use crate::services::ServiceTable;
 use crate::store::{RelayAdminState, RelayRecord, ServiceRecord, Store, StoreError};
 
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
+/// Round trips and loads in the pushed map are at most this old.
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// What the control channels push and the stream handlers dial by.
 #[derive(Debug)]
@@ -84,7 +86,9 @@ impl Sources {
                     location: live.as_ref().and_then(|l| l.location).or(r
                         .location
                         .map(|(lat, lon)| sat_proto::control::Location { lat, lon })),
-                    rtt_us: live.and_then(|l| l.rtt_us).unwrap_or(0),
+                    rtt_us: live.as_ref().and_then(|l| l.rtt_us).unwrap_or(0),
+                    load: live.as_ref().and_then(|l| l.load).unwrap_or(0.0),
+                    latency_url: live.and_then(|l| l.latency_url),
                 }
             })
             .collect()
@@ -108,6 +112,7 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting = Vec::new();
+    let mut last_publish = tokio::time::Instant::now();
     loop {
         let woken = tokio::select! {
             Some(first) = requests.recv() => {
@@ -133,7 +138,7 @@ pub(crate) async fn run(
         }
         let relays = sources.relays(&shared.registry);
         let now = comparable(&relays);
-        if !woken && now == published {
+        if !woken && now == published && last_publish.elapsed() < REFRESH_EVERY {
             continue;
         }
         let generation = match shared.store.bump_generation().await {
@@ -144,13 +149,18 @@ pub(crate) async fn run(
             }
         };
         log_changes(&published, &now);
-        info!(
-            generation,
-            services = sources.services.len(),
-            relays = relays.len(),
-            "config published"
-        );
+        if woken || now != published {
+            info!(
+                generation,
+                services = sources.services.len(),
+                relays = relays.len(),
+                "config published"
+            );
+        } else {
+            debug!(generation, "relay round trips and loads refreshed");
+        }
         published = now;
+        last_publish = tokio::time::Instant::now();
         tx.send_replace(Arc::new(sources.snapshot(generation, relays)));
         for w in waiting.drain(..) {
             let _ = w.send(generation);
@@ -158,12 +168,14 @@ pub(crate) async fn run(
     }
 }
 
-/// The relay map without round trips, which change all the time and are not news.
+/// The relay map without round trips and loads, which change all the time and are not news
+/// (they are refreshed every [`REFRESH_EVERY`]).
 fn comparable(relays: &[RelayInfo]) -> Vec<RelayInfo> {
     relays
         .iter()
         .map(|r| RelayInfo {
             rtt_us: 0,
+            load: 0.0,
             ..r.clone()
         })
         .collect()

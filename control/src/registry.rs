@@ -29,6 +29,7 @@ pub struct LiveView {
     pub version: String,
     pub addresses: Vec<String>,
     pub location: Option<Location>,
+    pub latency_url: Option<String>,
     pub uplinks: u32,
     pub since_heartbeat: Option<Duration>,
     /// The best uplink's round trip.
@@ -48,6 +49,7 @@ struct Live {
     version: String,
     addresses: Vec<String>,
     location: Option<Location>,
+    latency_url: Option<String>,
     uplinks: HashMap<usize, Uplink>,
 }
 
@@ -64,11 +66,13 @@ impl Registry {
             version: String::new(),
             addresses: Vec::new(),
             location: None,
+            latency_url: None,
             uplinks: HashMap::new(),
         });
         live.version.clone_from(&hello.version);
         live.addresses.clone_from(&hello.addresses);
         live.location = hello.location;
+        live.latency_url.clone_from(&hello.latency_url);
         live.uplinks.insert(
             conn.stable_id(),
             Uplink {
@@ -144,6 +148,7 @@ impl Registry {
             version: live.version.clone(),
             addresses: live.addresses.clone(),
             location: live.location,
+            latency_url: live.latency_url.clone(),
             uplinks: live.uplinks.len() as u32,
             since_heartbeat: since,
             rtt_us,

@@ -30,6 +30,8 @@ fn network(n: usize) -> (Client, Vec<RelayInfo>, Vec<f32>) {
                 lon: (i as f64 * 71.0) % 360.0 - 180.0,
             }),
             rtt_us: 5_000 + (i as u64 * 7_919) % 150_000,
+            load: 0.0,
+            latency_url: None,
         })
         .collect();
     let loads = (0..n)

@@ -246,6 +246,8 @@ mod tests {
                 addresses: vec![],
                 location: None,
                 rtt_us: 1000,
+                load: 0.0,
+                latency_url: None,
             })
             .collect()
     }

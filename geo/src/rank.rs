@@ -162,6 +162,8 @@ mod tests {
             addresses: vec![],
             location,
             rtt_us: primary_ms * 1000,
+            load: 0.0,
+            latency_url: None,
         }
     }
 

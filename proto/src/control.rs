@@ -51,6 +51,9 @@ pub struct Hello {
     /// Where users reach the relay: public `host:port` or IP addresses, from its config.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// A URL that answers at once (`/api/latency`), for timing round trips to the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_url: Option<String>,
 }
 
 /// A point on Earth, in degrees (WGS 84).
@@ -171,6 +174,12 @@ pub struct RelayInfo {
     /// Its smoothed round trip to the control plane that sent the push; 0 if unknown.
     #[serde(default)]
     pub rtt_us: u64,
+    /// Its share of CPU at its last heartbeat, 0.0 to 1.0.
+    #[serde(default, deserialize_with = "lenient_load")]
+    pub load: f32,
+    /// Where browsers and clients time a round trip to it, as in its [`Hello`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_url: Option<String>,
 }
 
 /// Whether a relay takes new users.
@@ -421,6 +430,7 @@ mod tests {
                 capabilities: vec!["http".into()],
                 location: here,
                 addresses: vec!["relay-eu-1.example.net:443".into(), "192.0.2.7".into()],
+                latency_url: Some("https://relay-eu-1.example.net/api/latency".into()),
             }),
             Frame::Heartbeat(Heartbeat {
                 seq: 7,
@@ -459,6 +469,8 @@ mod tests {
                         addresses: vec!["192.0.2.7:443".into()],
                         location: here,
                         rtt_us: 250,
+                        load: 0.0,
+                        latency_url: None,
                     },
                     RelayInfo {
                         name: "relay-us-1".into(),
@@ -467,6 +479,8 @@ mod tests {
                         addresses: vec![],
                         location: None,
                         rtt_us: 0,
+                        load: 0.0,
+                        latency_url: None,
                     },
                 ],
                 access_keys: vec![VerifyKey {
@@ -629,6 +643,8 @@ mod tests {
                 addresses: vec![],
                 location: None,
                 rtt_us: 0,
+                load: 0.0,
+                latency_url: None,
             }],
             ..ConfigPush::default()
         };

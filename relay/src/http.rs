@@ -83,13 +83,13 @@ async fn route(
         StatusCode::SERVICE_UNAVAILABLE,
         "relay has no configuration from the control plane yet; retry shortly".to_string(),
     ))?;
-    let service = routes
-        .by_host(&host)
-        .ok_or((
+    let Some(service) = routes.by_host(&host).map(str::to_owned) else {
+        // A Host that is no service's: the relay's own address, and its own endpoints.
+        return crate::public::answer(&req, &routes).ok_or((
             StatusCode::NOT_FOUND,
             format!("no service for host \"{host}\""),
-        ))?
-        .to_owned();
+        ));
+    };
     if let Err(e) = routes.authorize(&service, access_token(req.headers()).as_deref(), unix_now()) {
         debug!(service, reason = %e, "request refused: access token");
         return Ok(unauthorized(&service, &e));

@@ -10,6 +10,7 @@
 //! - `uplink`: QUIC connections to the control plane, reconnection, heartbeats, config.
 //! - `pool`: choosing an uplink for a stream, liveness, retrying an unanswered stream.
 //! - `http`: routing by Host, forwarding headers, one stream per request.
+//! - `public`: the relay's own endpoints, the relay map and the latency check.
 //! - `tcp` and `client`: tunnels from relay TCP ports and from `sat connect`.
 //! - `health`: `/healthz` and `/readyz`.
 
@@ -22,6 +23,7 @@ mod identity;
 mod listen;
 mod load;
 mod pool;
+mod public;
 mod relay;
 mod routes;
 mod tcp;
@@ -73,6 +75,7 @@ pub async fn run(
     );
     relay.location = config.relay.location;
     relay.addresses = public_addresses(&config, &sockets);
+    relay.latency_url = latency_url(&config, &relay.addresses);
     let relay = Arc::new(relay);
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
@@ -256,6 +259,17 @@ async fn load_or_enrol(
         files,
     )
     .await
+}
+
+/// The relay's latency-check URL: its first public address, over HTTPS if it serves HTTPS.
+fn latency_url(config: &RelayConfig, addresses: &[String]) -> Option<String> {
+    let first = addresses.first()?;
+    let scheme = if config.https.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Some(format!("{scheme}://{first}{}", public::LATENCY_PATH))
 }
 
 /// Where users reach this relay: as configured, or else the addresses it listens on.

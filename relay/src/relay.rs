@@ -8,7 +8,7 @@ use sat_proto::control::{ConfigPush, Heartbeat, Location, RelayState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::pool::Uplinks;
 use crate::routes::Routes;
@@ -32,6 +32,7 @@ pub struct Relay {
     /// Announced in Hello: where users reach this relay and where it stands.
     pub addresses: Vec<String>,
     pub location: Option<Location>,
+    pub latency_url: Option<String>,
     load: crate::load::LoadMeter,
     /// Why the control plane last refused this relay for good, until an uplink gets in.
     refusal: std::sync::Mutex<Option<String>>,
@@ -54,6 +55,7 @@ impl Relay {
             listed_draining: AtomicBool::new(false),
             addresses: Vec::new(),
             location: None,
+            latency_url: None,
             load: crate::load::LoadMeter::default(),
             refusal: std::sync::Mutex::new(None),
             cert_epoch: watch::channel(0).0,
@@ -87,12 +89,18 @@ impl Relay {
             {
                 return false;
             }
-            info!(
-                generation = push.generation,
-                services = push.services.len(),
-                "config applied"
-            );
-            *current = Some(Arc::new(Routes::from_push(push)));
+            let new = Routes::from_push(push);
+            // Periodic refreshes of round trips and loads are not worth a line each.
+            if current.as_ref().is_some_and(|old| old.same_news(&new)) {
+                debug!(generation = push.generation, "config refreshed");
+            } else {
+                info!(
+                    generation = push.generation,
+                    services = push.services.len(),
+                    "config applied"
+                );
+            }
+            *current = Some(Arc::new(new));
             true
         });
     }

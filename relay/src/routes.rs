@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sat_proto::access::{self, AccessError, VerifyKey};
-use sat_proto::control::{Access, ConfigPush};
+use sat_proto::control::{Access, ConfigPush, RelayInfo, RelayState};
 use sat_proto::stream::StreamKind;
 
 #[derive(Debug, Default)]
@@ -18,6 +18,8 @@ pub struct Routes {
     access_keys: Vec<VerifyKey>,
     /// Ids (`jti`) of revoked tokens that have not expired yet.
     revoked: HashSet<String>,
+    /// The network's relays, as the control plane lists them.
+    relays: Vec<RelayInfo>,
 }
 
 impl Routes {
@@ -37,7 +39,29 @@ impl Routes {
         }
         routes.access_keys.clone_from(&push.access_keys);
         routes.revoked = push.revoked_tokens.iter().cloned().collect();
+        routes.relays.clone_from(&push.relays);
         routes
+    }
+
+    pub fn relays(&self) -> &[RelayInfo] {
+        &self.relays
+    }
+
+    /// Whether `other` differs from this in anything but the relays' round trips and loads,
+    /// which are refreshed every few seconds and are not news.
+    pub fn same_news(&self, other: &Self) -> bool {
+        let states = |r: &Self| -> Vec<(String, RelayState, Vec<String>)> {
+            r.relays
+                .iter()
+                .map(|i| (i.name.clone(), i.state, i.addresses.clone()))
+                .collect()
+        };
+        self.kinds == other.kinds
+            && self.hosts == other.hosts
+            && self.access == other.access
+            && self.access_keys == other.access_keys
+            && self.revoked == other.revoked
+            && states(self) == states(other)
     }
 
     pub fn kind(&self, service: &str) -> Option<StreamKind> {

@@ -208,6 +208,7 @@ impl Session<'_> {
             capabilities: vec!["tcp".into(), "http".into()],
             location: relay.location,
             addresses: relay.addresses.clone(),
+            latency_url: relay.latency_url.clone(),
         });
         if let Err(e) = send.write_all(&hello.to_bytes()).await {
             return Err(e.to_string());

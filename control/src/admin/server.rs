@@ -133,6 +133,15 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Result<Reply, Refusal
             return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
         }
         (&Method::GET, ["readyz"]) => return Ok(readyz(shared).await),
+        // The public relay map, as relays serve it too: no token needed.
+        (&Method::GET, ["api", "relays"]) => {
+            let snapshot = shared.snapshot.borrow().clone();
+            let map = serde_json::json!({
+                "generation": snapshot.push.generation,
+                "relays": snapshot.push.relays,
+            });
+            return Ok(json(StatusCode::OK, &map));
+        }
         (_, ["v1", ..]) => {}
         _ => return Err(not_found(format!("no such path: {method} {path}"))),
     }
