@@ -10,6 +10,7 @@
 //! Each test binary uses part of this module only.
 #![allow(dead_code)]
 
+pub mod delay;
 pub mod udp_proxy;
 
 use std::collections::HashMap;
