@@ -2,11 +2,19 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-/// Why the GeoIP database cannot be used. Both variants are the operator's to fix (a wrong
-/// path, or a file that is not a MaxMind DB); retrying with the same file cannot help.
+/// Why something in this crate cannot run.
+///
+/// - [`GeoError::Read`], [`GeoError::Format`] and [`GeoError::DnsConfig`] are the operator's to
+///   fix (a wrong path, a file that is not a MaxMind DB, a bad `[dns]` setting); retrying with
+///   the same input cannot help.
+/// - [`GeoError::DnsSocket`] is the host's: the socket the caller bound cannot be handed to the
+///   runtime (out of file descriptors, say). A retry after the cause is fixed can help.
+/// - [`GeoError::DnsStopped`] is internal: the DNS server's socket closed under it while it was
+///   running. Restarting the component can help.
 ///
 /// Lookups do not fail: an address the database does not place is simply unknown, and the
-/// ranking falls back to what was measured (see [`crate::geoip::GeoIp::lookup`]).
+/// ranking falls back to what was measured (see [`crate::geoip::GeoIp::lookup`]). Bad DNS
+/// queries are not errors either: they are answered with FORMERR or REFUSED.
 #[derive(Debug, Error)]
 pub enum GeoError {
     #[error(
@@ -21,4 +29,14 @@ pub enum GeoError {
         path: PathBuf,
         source: maxminddb::MaxMindDbError,
     },
+    /// `key` is the setting's path inside the DNS section, such as `hosts."app"`.
+    #[error("geo DNS setting `{key}`: {problem}")]
+    DnsConfig { key: String, problem: String },
+    #[error("geo DNS cannot use its {proto} socket: {source}")]
+    DnsSocket {
+        proto: &'static str,
+        source: std::io::Error,
+    },
+    #[error("geo DNS server stopped: {reason}; restart the process to serve DNS again")]
+    DnsStopped { reason: String },
 }

@@ -1,9 +1,10 @@
 //! Geo routing for Satellite: where a client is, how long a path should take, which relays
-//! serve a client best, and when a client should move to another. It is the decision half of
-//! routing, with no sockets, no DNS and no probes: the geo DNS server, the control plane's
+//! serve a client best, and when a client should move to another; and the geo DNS server that
+//! hands those relays out. The decision half has no sockets and no probes: the control plane's
 //! routing table and the clients measure, and feed what they measured in. Apart from reading
-//! the GeoIP file at open, everything here is a pure function or a state machine on an explicit
-//! `now`, so the rules are tested on virtual time.
+//! the GeoIP file at open, it is pure functions and state machines on an explicit `now`, so the
+//! rules are tested on virtual time. The DNS server is the one part with sockets, and it is
+//! only a thin hickory-server shell around a function of the same kind.
 //!
 //! - [`geoip`]: GeoIP City lookups (maxminddb): a location, and the database network's prefix
 //!   length, which is the ECS scope of a DNS answer.
@@ -13,9 +14,13 @@
 //!   trips) to the relays in order of estimated end-to-end round trip.
 //! - [`hysteresis`]: the choice of one relay over time, which moves only for a clear gain (the
 //!   Tailscale rule), and at once when the relay in use goes.
+//! - [`dns`]: the geo DNS server (hickory-server): authoritative for one zone, A/AAAA answers
+//!   with the best relays for the client's EDNS Client Subnet or address, over UDP and TCP.
 //!
-//! Errors: [`GeoError`], from opening a GeoIP database; nothing else here fails.
+//! Errors: [`GeoError`], from opening a GeoIP database and from the DNS server's config and
+//! sockets; lookups and rankings do not fail.
 
+pub mod dns;
 mod error;
 pub mod geoip;
 pub mod hysteresis;

@@ -1,0 +1,351 @@
+//! The answers themselves, with no IO: a parsed query, the address it came from and the
+//! transport in; the header, records and EDNS of the reply out. [`super::GeoDns`] hands the
+//! result to hickory-server, which encodes and sends it.
+
+use std::iter;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ptr;
+
+use hickory_proto::op::message::emit_message_parts;
+use hickory_proto::op::{Edns, Header, LowerQuery, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::xfer::Protocol;
+use hickory_server::authority::MessageRequest;
+use sat_proto::control::Location;
+
+use super::config::Node;
+use super::table::DnsTable;
+use super::GeoDns;
+use crate::rank::{rank, Candidate, Client};
+
+/// Without EDNS, a UDP answer may not exceed this (RFC 1035, section 4.2.1).
+const CLASSIC_UDP_LIMIT: usize = 512;
+
+/// A reply, before encoding.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub header: Header,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub edns: Option<Edns>,
+}
+
+impl Reply {
+    fn new(request: &Header) -> Self {
+        Self {
+            header: Header::response_from_request(request),
+            answers: Vec::new(),
+            authority: Vec::new(),
+            edns: None,
+        }
+    }
+
+    fn rcode(mut self, code: ResponseCode) -> Self {
+        self.header.set_response_code(code);
+        self
+    }
+
+    /// At least the encoded size, counting every name in full (no compression).
+    fn size_bound(&self, query: &Query) -> usize {
+        let records: usize = self
+            .answers
+            .iter()
+            .chain(&self.authority)
+            .map(record_size_bound)
+            .sum();
+        let opt = self.edns.as_ref().map_or(0, |edns| {
+            11 + edns
+                .options()
+                .as_ref()
+                .iter()
+                .map(|(_, option)| 4 + usize::from(option.len()))
+                .sum::<usize>()
+        });
+        12 + query.name().len() + 1 + 4 + records + opt
+    }
+
+    /// Whether the reply, encoded as hickory-server will encode it, fits in `limit` bytes.
+    fn fits(&self, query: &Query, limit: usize) -> bool {
+        let mut buffer = Vec::with_capacity(limit);
+        let mut encoder = BinEncoder::new(&mut buffer);
+        encoder.set_max_size(limit as u16);
+        let header = emit_message_parts(
+            &self.header,
+            &mut iter::once(query),
+            &mut self.answers.iter(),
+            &mut self.authority.iter(),
+            &mut iter::empty::<&Record>(),
+            self.edns.as_ref(),
+            &[],
+            &mut encoder,
+        );
+        header.is_ok_and(|h| !h.truncated())
+    }
+}
+
+fn record_size_bound(record: &Record) -> usize {
+    let rdata = match record.data() {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::NS(ns) => ns.0.len() + 1,
+        RData::SOA(soa) => soa.mname().len() + soa.rname().len() + 2 + 20,
+        _ => usize::from(u16::MAX),
+    };
+    record.name().len() + 1 + 10 + rdata
+}
+
+/// The ECS option of a query: none, one well-formed one, or a malformed query (`Err`).
+///
+/// hickory-proto already refuses an unknown FAMILY, a SOURCE PREFIX-LENGTH longer than the
+/// family's addresses and an ADDRESS cut short, so such queries never parse and hickory-server
+/// answers FORMERR itself. What is left to check here is RFC 7871's "non-zero ADDRESS bits set
+/// beyond SOURCE PREFIX-LENGTH" and a second ECS option.
+fn client_subnet(edns: Option<&Edns>) -> Result<Option<ClientSubnet>, ()> {
+    let Some(edns) = edns else {
+        return Ok(None);
+    };
+    match edns.options().get_all(EdnsCode::Subnet).as_slice() {
+        [] => Ok(None),
+        [EdnsOption::Subnet(ecs)] if well_formed(ecs) => Ok(Some(*ecs)),
+        _ => Err(()),
+    }
+}
+
+fn well_formed(ecs: &ClientSubnet) -> bool {
+    let prefix = u32::from(ecs.source_prefix());
+    match ecs.addr() {
+        IpAddr::V4(addr) => {
+            prefix <= 32 && u32::from(addr) & !u32::MAX.checked_shl(32 - prefix).unwrap_or(0) == 0
+        }
+        IpAddr::V6(addr) => {
+            prefix <= 128
+                && u128::from(addr) & !u128::MAX.checked_shl(128 - prefix).unwrap_or(0) == 0
+        }
+    }
+}
+
+fn family_bits(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+impl GeoDns {
+    /// The reply to `request`, which came from `src` over `protocol`.
+    pub(crate) fn reply(
+        &self,
+        request: &MessageRequest,
+        src: SocketAddr,
+        protocol: Protocol,
+    ) -> Reply {
+        let mut reply = Reply::new(request.header());
+        let edns = request.edns();
+        if let Some(edns) = edns {
+            // RFC 6891: an OPT in the query gets one in the reply, with our own buffer size.
+            let mut ours = Edns::new();
+            ours.set_max_payload(self.zone.max_udp_payload);
+            reply.edns = Some(ours);
+            if edns.version() > 0 {
+                return reply.rcode(ResponseCode::BADVERS);
+            }
+        }
+        if request.op_code() != OpCode::Query {
+            return reply.rcode(ResponseCode::NotImp);
+        }
+        // RFC 9619: a query has exactly one question.
+        let [query] = request.queries() else {
+            return reply.rcode(ResponseCode::FormErr);
+        };
+        let Ok(ecs) = client_subnet(edns) else {
+            return reply.rcode(ResponseCode::FormErr);
+        };
+
+        let scope = self.answer(query, ecs.as_ref(), src.ip(), &mut reply);
+
+        if let (Some(mut ecs), Some(edns)) = (ecs, reply.edns.as_mut()) {
+            // RFC 7871, 7.2.1: the same FAMILY, SOURCE PREFIX-LENGTH and ADDRESS, and the
+            // SCOPE PREFIX-LENGTH the answer holds for.
+            ecs.set_scope_prefix(scope);
+            edns.options_mut().insert(EdnsOption::Subnet(ecs));
+        }
+
+        if protocol == Protocol::Udp {
+            let limit = edns.map_or(CLASSIC_UDP_LIMIT, |edns| {
+                usize::from(edns.max_payload().clamp(512, self.zone.max_udp_payload))
+            });
+            let question = query.original();
+            if reply.size_bound(question) > limit && !reply.fits(question, limit) {
+                // Rather than some of the records, none: TC tells the resolver to ask again
+                // over TCP, and the OPT record (with the ECS option) still fits.
+                reply.answers.clear();
+                reply.authority.clear();
+                reply.header.set_truncated(true);
+            }
+        }
+        reply
+    }
+
+    /// Fills in the answer to one question and returns the ECS scope it holds for: the client
+    /// network's prefix length if the answer depends on where the client is, else 0.
+    fn answer(
+        &self,
+        query: &LowerQuery,
+        ecs: Option<&ClientSubnet>,
+        src: IpAddr,
+        reply: &mut Reply,
+    ) -> u8 {
+        let zone = &self.zone;
+        let qname = query.name();
+        if query.query_class() != DNSClass::IN || !zone.origin.zone_of(qname) {
+            reply.header.set_response_code(ResponseCode::Refused);
+            return 0;
+        }
+        let qtype = query.query_type();
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            // The zone is made per query; there is nothing to transfer.
+            reply.header.set_response_code(ResponseCode::Refused);
+            return 0;
+        }
+        reply.header.set_authoritative(true);
+        // Answers carry the question's own spelling, for resolvers that randomise case.
+        let owner = query.original().name();
+
+        let serves_relays = if *qname == zone.origin {
+            if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+                reply.answers.push(with_owner(&zone.soa, owner));
+            }
+            if matches!(qtype, RecordType::NS | RecordType::ANY) {
+                reply
+                    .answers
+                    .extend(zone.ns.iter().map(|ns| with_owner(ns, owner)));
+            }
+            zone.apex_hosts.is_some()
+        } else {
+            match zone.names.get(qname) {
+                None => {
+                    reply.header.set_response_code(ResponseCode::NXDomain);
+                    reply.authority.push(zone.negative_soa.clone());
+                    return 0;
+                }
+                Some(Node::Empty) => false,
+                Some(Node::Service(_) | Node::NameServer) => true,
+            }
+        };
+
+        let mut scope = 0;
+        let wants_relays =
+            serves_relays && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
+        if wants_relays {
+            let (location, geo_scope) = self.locate(ecs, src);
+            let client = Client {
+                location,
+                ..Client::default()
+            };
+            let table = self.table.borrow().clone();
+            if qtype != RecordType::AAAA {
+                self.relay_records(&table, &client, owner, false, &mut reply.answers);
+            }
+            if qtype != RecordType::A {
+                self.relay_records(&table, &client, owner, true, &mut reply.answers);
+            }
+            if !reply.answers.is_empty() {
+                scope = geo_scope;
+            }
+        }
+
+        if reply.answers.is_empty() {
+            // NODATA: the name exists, without records of this type (or, for a host, without a
+            // relay that can take users right now, which is why that is cached briefly).
+            let soa = if wants_relays {
+                &zone.nodata_soa
+            } else {
+                &zone.negative_soa
+            };
+            reply.authority.push(soa.clone());
+        }
+        scope
+    }
+
+    /// Where the client is, and the ECS scope an answer made for that place holds for.
+    ///
+    /// With an ECS option, the client is its subnet, and the scope is the GeoIP network's
+    /// prefix length: every address in that network gets the same place, hence the same
+    /// answer. It may be longer than the source prefix (RFC 7871 allows that: the resolver
+    /// then caches it for the narrower network). A subnet GeoIP does not place gets the
+    /// source prefix. A SOURCE PREFIX-LENGTH of 0 means "do not use my address" (RFC 7871,
+    /// 7.1.2), so the resolver's own address is used, and the scope is 0.
+    fn locate(&self, ecs: Option<&ClientSubnet>, src: IpAddr) -> (Option<Location>, u8) {
+        match ecs {
+            Some(ecs) if ecs.source_prefix() > 0 => {
+                let addr = ecs.addr();
+                match self.geoip.lookup(addr) {
+                    Some(hit) => {
+                        let mut scope = hit.network_prefix_len;
+                        if addr.is_ipv6() && addr.to_canonical().is_ipv4() {
+                            // An IPv4-mapped subnet: GeoIP answered for the IPv4 address,
+                            // whose network sits 96 bits into the IPv6 one.
+                            scope = scope.saturating_add(96);
+                        }
+                        (Some(hit.location), scope.min(family_bits(addr)))
+                    }
+                    None => (None, ecs.source_prefix()),
+                }
+            }
+            _ => (self.geoip.lookup(src).map(|hit| hit.location), 0),
+        }
+    }
+
+    /// The A (or AAAA) records of the best relays that have an address of that family.
+    fn relay_records(
+        &self,
+        table: &DnsTable,
+        client: &Client,
+        owner: &Name,
+        v6: bool,
+        out: &mut Vec<Record>,
+    ) {
+        let relays: Vec<_> = table.relays().iter().filter(|r| r.has_family(v6)).collect();
+        let candidates: Vec<Candidate<'_>> = relays
+            .iter()
+            .map(|r| Candidate {
+                info: &r.info,
+                load: r.info.load,
+            })
+            .collect();
+        for ranked in rank(client, &candidates)
+            .iter()
+            .take(self.zone.relays_per_answer)
+        {
+            let Some(relay) = relays.iter().find(|r| ptr::eq(&r.info, ranked.relay)) else {
+                continue;
+            };
+            if v6 {
+                out.extend(relay.ipv6.iter().map(|&ip| aaaa(owner, self.zone.ttl, ip)));
+            } else {
+                out.extend(relay.ipv4.iter().map(|&ip| a(owner, self.zone.ttl, ip)));
+            }
+        }
+    }
+}
+
+fn with_owner(record: &Record, owner: &Name) -> Record {
+    let mut record = record.clone();
+    record.set_name(owner.clone());
+    record
+}
+
+fn a(owner: &Name, ttl: u32, ip: Ipv4Addr) -> Record {
+    Record::from_rdata(owner.clone(), ttl, RData::A(A(ip)))
+}
+
+fn aaaa(owner: &Name, ttl: u32, ip: Ipv6Addr) -> Record {
+    Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(ip)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,842 @@
+//! The handler, driven with queries built by hickory-proto and parsed as hickory-server parses
+//! them, and its answers encoded as hickory-server encodes them; no sockets.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::xfer::Protocol;
+use hickory_server::authority::{MessageRequest, MessageResponse};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use sat_proto::control::{Location, RelayInfo, RelayState};
+use tokio::sync::watch;
+
+use crate::dns::{DnsConfig, DnsRelay, DnsTable, GeoDns};
+use crate::geoip::GeoIp;
+
+const LONDON: Location = Location {
+    lat: 51.5074,
+    lon: -0.1278,
+};
+const NEW_YORK: Location = Location {
+    lat: 40.7128,
+    lon: -74.0060,
+};
+const SINGAPORE: Location = Location {
+    lat: 1.3521,
+    lon: 103.8198,
+};
+
+/// The resolver the queries come from: an address the test database does not place.
+const RESOLVER: &str = "192.0.2.53:5353";
+
+fn geoip() -> Arc<GeoIp> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/GeoIP2-City-Test.mmdb");
+    Arc::new(GeoIp::open(&path).expect("test database"))
+}
+
+fn relay(name: &str, location: Location, addresses: &[&str]) -> RelayInfo {
+    RelayInfo {
+        name: name.to_owned(),
+        region: format!("region-{name}"),
+        state: RelayState::Up,
+        addresses: addresses.iter().map(|&a| a.to_owned()).collect(),
+        location: Some(location),
+        rtt_us: 10_000,
+        load: 0.1,
+        latency_url: None,
+    }
+}
+
+/// Relays in London, New York and Singapore, dual-stack, all 10 ms from the primary.
+fn three_relays() -> Vec<RelayInfo> {
+    vec![
+        relay("lon", LONDON, &["198.51.100.1:443", "[2001:db8::1]:443"]),
+        relay("nyc", NEW_YORK, &["198.51.100.2:443", "[2001:db8::2]:443"]),
+        relay("sin", SINGAPORE, &["198.51.100.3:443", "[2001:db8::3]:443"]),
+    ]
+}
+
+fn config() -> DnsConfig {
+    let mut config = DnsConfig::for_zone("sat.example.com");
+    config.name_servers = vec!["ns1.sat.example.com".into(), "ns.other.example.net.".into()];
+    config.hosts = [
+        ("app".to_owned(), "app".to_owned()),
+        ("api.sat.example.com.".to_owned(), "api".to_owned()),
+        ("deep.tree".to_owned(), "deep".to_owned()),
+    ]
+    .into();
+    config
+}
+
+struct Fixture {
+    dns: GeoDns,
+    table: watch::Sender<Arc<DnsTable>>,
+}
+
+impl Fixture {
+    fn new(config: &DnsConfig, relays: &[RelayInfo]) -> Self {
+        let (table, rx) = watch::channel(Arc::new(DnsTable::from_relay_map(relays)));
+        let dns = GeoDns::new(config, rx, geoip()).expect("valid config");
+        Self { dns, table }
+    }
+
+    fn standard() -> Self {
+        Self::new(&config(), &three_relays())
+    }
+
+    fn set_relays(&self, relays: &[RelayInfo]) {
+        self.table
+            .send_replace(Arc::new(DnsTable::from_relay_map(relays)));
+    }
+
+    /// Sends `query` as bytes from the resolver over `protocol` and returns the decoded answer.
+    async fn ask_over(&self, query: &Message, protocol: Protocol) -> Message {
+        let bytes = query.to_bytes().expect("query encodes");
+        self.ask_bytes(&bytes, protocol)
+            .await
+            .expect("the query parses")
+    }
+
+    async fn ask(&self, query: &Message) -> Message {
+        self.ask_over(query, Protocol::Udp).await
+    }
+
+    /// What hickory-server does with a datagram, up to our handler; `Err` when it does not
+    /// parse (hickory-server then answers FORMERR itself, or drops it when even the header is
+    /// short).
+    async fn ask_bytes(&self, bytes: &[u8], protocol: Protocol) -> Result<Message, String> {
+        let request = MessageRequest::read(&mut BinDecoder::new(bytes)).map_err(|e| {
+            if e.kind().as_form_error().is_some() {
+                "FORMERR".to_owned()
+            } else {
+                format!("dropped: {e}")
+            }
+        })?;
+        let src: SocketAddr = RESOLVER.parse().unwrap();
+        let request = Request::new(request, src, protocol);
+        let capture = Capture {
+            protocol,
+            sent: Arc::default(),
+        };
+        self.dns.handle_request(&request, capture.clone()).await;
+        let sent = capture.sent.lock().unwrap().take().expect("an answer");
+        Ok(Message::from_vec(&sent).expect("the answer decodes"))
+    }
+}
+
+/// A ResponseHandler that encodes as hickory-server's `ResponseHandle` does (the same size
+/// limits per transport) and keeps the bytes.
+#[derive(Clone)]
+struct Capture {
+    protocol: Protocol,
+    sent: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> io::Result<ResponseInfo> {
+        let max = match self.protocol {
+            Protocol::Udp => response.get_edns().as_ref().map_or(4096, Edns::max_payload),
+            _ => u16::MAX,
+        };
+        let mut buffer = Vec::new();
+        let mut encoder = BinEncoder::new(&mut buffer);
+        encoder.set_max_size(max);
+        let info = response
+            .destructive_emit(&mut encoder)
+            .map_err(io::Error::other)?;
+        *self.sent.lock().unwrap() = Some(buffer);
+        Ok(info)
+    }
+}
+
+fn query(name: &str, qtype: RecordType) -> Message {
+    let mut message = Message::new();
+    message
+        .set_id(0x5a7e)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    message
+}
+
+fn with_edns(mut message: Message, payload: u16) -> Message {
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload);
+    message.set_edns(edns);
+    message
+}
+
+fn with_ecs(message: Message, subnet: &str) -> Message {
+    let mut message = with_edns(message, 1232);
+    let ecs: ClientSubnet = subnet.parse().unwrap();
+    edns_mut(&mut message)
+        .options_mut()
+        .insert(EdnsOption::Subnet(ecs));
+    message
+}
+
+fn edns_mut(message: &mut Message) -> &mut Edns {
+    message.extensions_mut().get_or_insert_with(Edns::new)
+}
+
+fn ecs_of(answer: &Message) -> Option<ClientSubnet> {
+    match answer.extensions().as_ref()?.option(EdnsCode::Subnet)? {
+        EdnsOption::Subnet(ecs) => Some(*ecs),
+        _ => None,
+    }
+}
+
+fn addresses(answer: &Message) -> Vec<IpAddr> {
+    answer
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+const LON4: &str = "198.51.100.1";
+const NYC4: &str = "198.51.100.2";
+const SIN4: &str = "198.51.100.3";
+
+/// The test database's networks (see tests/data/README.md): each ECS subnet gets the relays
+/// nearest its city, and the scope is the database network's prefix length, whatever the
+/// source prefix.
+#[tokio::test]
+async fn ecs_answers_for_the_test_networks() {
+    let f = Fixture::standard();
+    let cases = [
+        // London: New York is nearer than Singapore.
+        ("81.2.69.142/32", 31, [LON4, NYC4]),
+        // Milton, WA: New York, then London.
+        ("216.160.83.56/32", 29, [NYC4, LON4]),
+        ("216.160.83.56/29", 29, [NYC4, LON4]),
+        // Changchun: Singapore, then London (8,000 km) before New York (10,500 km).
+        ("175.16.199.0/24", 24, [SIN4, LON4]),
+        // Linköping.
+        ("89.160.20.112/28", 28, [LON4, NYC4]),
+        ("89.160.20.112/32", 28, [LON4, NYC4]),
+    ];
+    for (subnet, scope, want) in cases {
+        let answer = f
+            .ask(&with_ecs(
+                query("app.sat.example.com.", RecordType::A),
+                subnet,
+            ))
+            .await;
+        assert_eq!(answer.response_code(), ResponseCode::NoError, "{subnet}");
+        assert!(answer.authoritative(), "{subnet}");
+        assert_eq!(addresses(&answer), ips(&want), "{subnet}");
+        let ecs = ecs_of(&answer).expect("ECS echoed");
+        let sent: ClientSubnet = subnet.parse().unwrap();
+        assert_eq!(ecs.addr(), sent.addr(), "{subnet}");
+        assert_eq!(ecs.source_prefix(), sent.source_prefix(), "{subnet}");
+        assert_eq!(ecs.scope_prefix(), scope, "{subnet}");
+        assert!(answer.answers().iter().all(|r| r.ttl() == 30), "{subnet}");
+    }
+}
+
+#[tokio::test]
+async fn ipv6_subnet_gets_its_network_scope() {
+    let f = Fixture::standard();
+    let answer = f
+        .ask(&with_ecs(
+            query("app.sat.example.com.", RecordType::AAAA),
+            "2001:480:10::/56",
+        ))
+        .await;
+    assert_eq!(addresses(&answer), ips(&["2001:db8::2", "2001:db8::1"]));
+    let ecs = ecs_of(&answer).unwrap();
+    assert_eq!((ecs.source_prefix(), ecs.scope_prefix()), (56, 48));
+    assert!(ecs.addr().is_ipv6());
+}
+
+#[tokio::test]
+async fn unplaced_subnet_is_scoped_to_its_source_prefix() {
+    let f = Fixture::standard();
+    // 81.2.69.0/24 is what a resolver sends for the London address; the database has no
+    // record for 81.2.69.0.
+    for (subnet, scope) in [("81.2.69.0/24", 24), ("10.0.0.0/8", 8)] {
+        let answer = f
+            .ask(&with_ecs(
+                query("app.sat.example.com.", RecordType::A),
+                subnet,
+            ))
+            .await;
+        assert_eq!(answer.answers().len(), 2, "{subnet}");
+        assert_eq!(ecs_of(&answer).unwrap().scope_prefix(), scope, "{subnet}");
+    }
+}
+
+#[tokio::test]
+async fn zero_source_prefix_uses_the_resolver_and_scope_zero() {
+    let f = Fixture::standard();
+    let answer = f
+        .ask(&with_ecs(
+            query("app.sat.example.com.", RecordType::A),
+            "0.0.0.0/0",
+        ))
+        .await;
+    assert_eq!(answer.answers().len(), 2);
+    let ecs = ecs_of(&answer).unwrap();
+    assert_eq!((ecs.source_prefix(), ecs.scope_prefix()), (0, 0));
+}
+
+#[tokio::test]
+async fn without_ecs_the_resolver_address_places_the_client() {
+    let f = Fixture::standard();
+    let bytes = query("app.sat.example.com.", RecordType::A)
+        .to_bytes()
+        .unwrap();
+    let request = MessageRequest::read(&mut BinDecoder::new(&bytes)).unwrap();
+    for (resolver, want) in [
+        ("81.2.69.142:53", [LON4, NYC4]),
+        ("[::ffff:175.16.199.7]:53", [SIN4, LON4]),
+        ("216.160.83.57:53", [NYC4, LON4]),
+    ] {
+        let reply = f
+            .dns
+            .reply(&request, resolver.parse().unwrap(), Protocol::Udp);
+        let got: Vec<IpAddr> = reply
+            .answers
+            .iter()
+            .filter_map(|r| r.data().ip_addr())
+            .collect();
+        assert_eq!(got, ips(&want), "{resolver}");
+        // A query without EDNS gets no OPT record, so no ECS either.
+        assert!(reply.edns.is_none());
+    }
+    // With EDNS but no ECS: an OPT record, without ECS.
+    let answer = f
+        .ask(&with_edns(
+            query("app.sat.example.com.", RecordType::A),
+            1232,
+        ))
+        .await;
+    assert!(answer.extensions().is_some());
+    assert_eq!(ecs_of(&answer), None);
+}
+
+#[tokio::test]
+async fn draining_and_down_relays_are_never_handed_out() {
+    let f = Fixture::standard();
+    let mut relays = three_relays();
+    relays[0].state = RelayState::Draining;
+    f.set_relays(&relays);
+    let london = with_ecs(
+        query("app.sat.example.com.", RecordType::A),
+        "81.2.69.142/32",
+    );
+    assert_eq!(addresses(&f.ask(&london).await), ips(&[NYC4, SIN4]));
+
+    relays[1].state = RelayState::Down;
+    f.set_relays(&relays);
+    assert_eq!(addresses(&f.ask(&london).await), ips(&[SIN4]));
+
+    // None left: NODATA, cached no longer than an answer would be.
+    relays[2].state = RelayState::Down;
+    f.set_relays(&relays);
+    let answer = f.ask(&london).await;
+    assert_eq!(answer.response_code(), ResponseCode::NoError);
+    assert!(answer.answers().is_empty());
+    let soa = &answer.name_servers()[0];
+    assert_eq!(soa.record_type(), RecordType::SOA);
+    assert_eq!(soa.ttl(), 30);
+
+    // Back in rotation: handed out again on the next query.
+    f.set_relays(&three_relays());
+    assert_eq!(addresses(&f.ask(&london).await), ips(&[LON4, NYC4]));
+}
+
+#[tokio::test]
+async fn overloaded_relay_is_demoted() {
+    let f = Fixture::standard();
+    let mut relays = three_relays();
+    relays[0].load = 0.95;
+    f.set_relays(&relays);
+    let london = with_ecs(
+        query("app.sat.example.com.", RecordType::A),
+        "81.2.69.142/32",
+    );
+    assert_eq!(addresses(&f.ask(&london).await), ips(&[NYC4, SIN4]));
+}
+
+#[tokio::test]
+async fn one_relay_per_answer_when_configured() {
+    let mut config = config();
+    config.relays_per_answer = 1;
+    let f = Fixture::new(&config, &three_relays());
+    let answer = f
+        .ask(&with_ecs(
+            query("app.sat.example.com.", RecordType::A),
+            "89.160.20.112/28",
+        ))
+        .await;
+    assert_eq!(addresses(&answer), ips(&[LON4]));
+}
+
+#[tokio::test]
+async fn relays_without_the_family_are_skipped() {
+    let f = Fixture::standard();
+    let relays = vec![
+        relay("lon", LONDON, &["198.51.100.1"]),
+        relay("nyc", NEW_YORK, &["198.51.100.2", "2001:db8::2"]),
+        relay(
+            "sin",
+            SINGAPORE,
+            &["2001:db8::3", "relay-sin.example.net:443"],
+        ),
+    ];
+    f.set_relays(&relays);
+    let london = "81.2.69.142/32";
+    let a = f
+        .ask(&with_ecs(
+            query("app.sat.example.com.", RecordType::A),
+            london,
+        ))
+        .await;
+    assert_eq!(addresses(&a), ips(&[LON4, NYC4]));
+    let aaaa = f
+        .ask(&with_ecs(
+            query("app.sat.example.com.", RecordType::AAAA),
+            london,
+        ))
+        .await;
+    assert_eq!(addresses(&aaaa), ips(&["2001:db8::2", "2001:db8::3"]));
+    let any = f
+        .ask(&with_ecs(
+            query("app.sat.example.com.", RecordType::ANY),
+            london,
+        ))
+        .await;
+    assert_eq!(
+        addresses(&any),
+        ips(&[LON4, NYC4, "2001:db8::2", "2001:db8::3"])
+    );
+}
+
+#[tokio::test]
+async fn answers_keep_the_question_spelling() {
+    let f = Fixture::standard();
+    let answer = f.ask(&query("aPp.SAT.example.COM.", RecordType::A)).await;
+    assert_eq!(answer.answers().len(), 2);
+    for record in answer.answers() {
+        assert!(record
+            .name()
+            .eq_case(&Name::from_ascii("aPp.SAT.example.COM.").unwrap()));
+    }
+    let api = f.ask(&query("api.sat.example.com.", RecordType::A)).await;
+    assert_eq!(api.answers().len(), 2);
+}
+
+/// A query whose ECS option is `data` as it goes on the wire: FAMILY, SOURCE PREFIX-LENGTH,
+/// SCOPE PREFIX-LENGTH, ADDRESS.
+fn with_raw_ecs(message: Message, data: &[u8]) -> Vec<u8> {
+    let mut message = with_edns(message, 1232);
+    edns_mut(&mut message)
+        .options_mut()
+        .insert(EdnsOption::Unknown(8, data.to_vec()));
+    message.to_bytes().unwrap()
+}
+
+#[tokio::test]
+async fn malformed_ecs_is_formerr() {
+    let f = Fixture::standard();
+    let a = || query("app.sat.example.com.", RecordType::A);
+
+    // Well formed, written by hand: 81.2.69.142/32 and 175.16.199.0/24.
+    for (data, scope) in [
+        (&[0, 1, 32, 0, 81, 2, 69, 142][..], 31),
+        (&[0, 1, 24, 0, 175, 16, 199][..], 24),
+    ] {
+        let answer = f.ask_bytes(&with_raw_ecs(a(), data), Protocol::Udp).await;
+        let answer = answer.unwrap();
+        assert_eq!(answer.response_code(), ResponseCode::NoError);
+        assert_eq!(ecs_of(&answer).unwrap().scope_prefix(), scope);
+    }
+
+    // Address bits set beyond the source prefix: 81.2.69.0/22 has 69 = 0b0100_0101, whose
+    // last two bits are past the 22nd.
+    let answer = f
+        .ask_bytes(&with_raw_ecs(a(), &[0, 1, 22, 0, 81, 2, 69]), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!(answer.response_code(), ResponseCode::FormErr);
+    assert!(answer.answers().is_empty());
+    assert_eq!(answer.id(), 0x5a7e);
+    // The same for IPv6: 2001:480:10::/47 has a 1 in bit 48.
+    let answer = f
+        .ask_bytes(
+            &with_raw_ecs(a(), &[0, 2, 47, 0, 0x20, 0x01, 0x04, 0x80, 0x00, 0x11]),
+            Protocol::Udp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.response_code(), ResponseCode::FormErr);
+
+    // Two ECS options.
+    let mut twice = with_ecs(a(), "81.2.69.142/32");
+    edns_mut(&mut twice)
+        .options_mut()
+        .insert(EdnsOption::Subnet("89.160.20.112/28".parse().unwrap()));
+    let answer = f.ask(&twice).await;
+    assert_eq!(answer.response_code(), ResponseCode::FormErr);
+
+    // An unknown family, a source prefix longer than the family's addresses, and an address
+    // cut short do not even parse: hickory-server answers those with FORMERR before our
+    // handler sees them.
+    for data in [
+        &[0, 3, 24, 0, 81, 2, 69][..],
+        &[0, 1, 33, 0, 81, 2, 69, 142, 0][..],
+        &[0, 2, 129, 0][..],
+        &[0, 1, 32, 0, 81, 2][..],
+        &[0, 1][..],
+    ] {
+        let got = f.ask_bytes(&with_raw_ecs(a(), data), Protocol::Udp).await;
+        assert_eq!(got.unwrap_err(), "FORMERR", "{data:?}");
+    }
+}
+
+#[tokio::test]
+async fn out_of_zone_and_other_classes_are_refused() {
+    let f = Fixture::standard();
+    for name in [
+        "example.com.",
+        "app.example.org.",
+        "sat.example.com.evil.net.",
+        ".",
+    ] {
+        let answer = f.ask(&query(name, RecordType::A)).await;
+        assert_eq!(answer.response_code(), ResponseCode::Refused, "{name}");
+        assert!(!answer.authoritative(), "{name}");
+        assert!(answer.answers().is_empty(), "{name}");
+    }
+    let mut chaos = query("app.sat.example.com.", RecordType::TXT);
+    chaos.queries_mut()[0].set_query_class(DNSClass::CH);
+    assert_eq!(f.ask(&chaos).await.response_code(), ResponseCode::Refused);
+    let axfr = query("sat.example.com.", RecordType::AXFR);
+    let answer = f.ask_over(&axfr, Protocol::Tcp).await;
+    assert_eq!(answer.response_code(), ResponseCode::Refused);
+}
+
+#[tokio::test]
+async fn missing_names_are_nxdomain_with_the_soa() {
+    let f = Fixture::standard();
+    let answer = f.ask(&query("nope.sat.example.com.", RecordType::A)).await;
+    assert_eq!(answer.response_code(), ResponseCode::NXDomain);
+    assert!(answer.authoritative());
+    assert!(answer.answers().is_empty());
+    let [soa] = answer.name_servers() else {
+        panic!("one SOA in authority: {answer:?}")
+    };
+    assert_eq!(soa.name(), &Name::from_ascii("sat.example.com.").unwrap());
+    // RFC 2308: the lesser of the SOA's TTL (1h) and its minimum (60 s).
+    assert_eq!(soa.ttl(), 60);
+    let RData::SOA(rdata) = soa.data() else {
+        panic!("{soa:?}")
+    };
+    assert_eq!(rdata.minimum(), 60);
+    // Below a host is not the host.
+    let below = f.ask(&query("x.app.sat.example.com.", RecordType::A)).await;
+    assert_eq!(below.response_code(), ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn other_types_and_empty_non_terminals_are_nodata() {
+    let f = Fixture::standard();
+    for (name, qtype) in [
+        ("app.sat.example.com.", RecordType::MX),
+        ("app.sat.example.com.", RecordType::TXT),
+        ("sat.example.com.", RecordType::A),
+        ("sat.example.com.", RecordType::MX),
+        // deep.tree exists, so tree does too (RFC 8020), with nothing of its own.
+        ("tree.sat.example.com.", RecordType::A),
+    ] {
+        let answer = f.ask(&query(name, qtype)).await;
+        assert_eq!(
+            answer.response_code(),
+            ResponseCode::NoError,
+            "{name} {qtype}"
+        );
+        assert!(answer.authoritative());
+        assert!(answer.answers().is_empty(), "{name} {qtype}");
+        let [soa] = answer.name_servers() else {
+            panic!("one SOA in authority for {name} {qtype}: {answer:?}")
+        };
+        assert_eq!(soa.record_type(), RecordType::SOA);
+        assert_eq!(soa.ttl(), 60, "{name} {qtype}");
+    }
+    let deep = f
+        .ask(&query("deep.tree.sat.example.com.", RecordType::A))
+        .await;
+    assert_eq!(deep.answers().len(), 2);
+}
+
+#[tokio::test]
+async fn soa_and_ns_at_the_apex() {
+    let f = Fixture::standard();
+    let answer = f.ask(&query("sat.example.com.", RecordType::SOA)).await;
+    assert_eq!(answer.response_code(), ResponseCode::NoError);
+    assert!(answer.authoritative());
+    let [soa] = answer.answers() else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(soa.ttl(), 3600);
+    let RData::SOA(rdata) = soa.data() else {
+        panic!("{soa:?}")
+    };
+    assert_eq!(
+        rdata.mname(),
+        &Name::from_ascii("ns1.sat.example.com.").unwrap()
+    );
+    assert_eq!(
+        rdata.rname(),
+        &Name::from_ascii("hostmaster.sat.example.com.").unwrap()
+    );
+    assert_eq!(
+        (
+            rdata.serial(),
+            rdata.refresh(),
+            rdata.retry(),
+            rdata.expire()
+        ),
+        (1, 3600, 600, 604_800)
+    );
+
+    let answer = f.ask(&query("sat.example.com.", RecordType::NS)).await;
+    let names: Vec<String> = answer
+        .answers()
+        .iter()
+        .map(|r| match r.data() {
+            RData::NS(ns) => ns.0.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["ns1.sat.example.com.", "ns.other.example.net."]);
+
+    // An NS name inside the zone resolves to the relays, which serve the zone.
+    let ns1 = f
+        .ask(&with_ecs(
+            query("ns1.sat.example.com.", RecordType::A),
+            "81.2.69.142/32",
+        ))
+        .await;
+    assert_eq!(addresses(&ns1), ips(&[LON4, NYC4]));
+}
+
+#[tokio::test]
+async fn soa_fields_come_from_the_config() {
+    let config: DnsConfig = toml::from_str(
+        r#"
+        zone = "Geo.Example.NET."
+        name_servers = ["a.ns.example.org"]
+        ttl = "5s"
+        zone_ttl = "10m"
+        [hosts]
+        "@" = "root"
+        [soa]
+        rname = "dns-admin@example.org"
+        serial = 2026010101
+        refresh = "2h"
+        retry = "15m"
+        expire = "14days"
+        minimum = "5m"
+        "#,
+    )
+    .unwrap();
+    let f = Fixture::new(&config, &three_relays());
+    let answer = f.ask(&query("geo.example.net.", RecordType::SOA)).await;
+    let RData::SOA(soa) = answer.answers()[0].data() else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(soa.mname(), &Name::from_ascii("a.ns.example.org.").unwrap());
+    assert_eq!(
+        soa.rname(),
+        &Name::from_ascii("dns-admin.example.org.").unwrap()
+    );
+    assert_eq!(
+        (
+            soa.serial(),
+            soa.refresh(),
+            soa.retry(),
+            soa.expire(),
+            soa.minimum()
+        ),
+        (2026010101, 7200, 900, 14 * 86400, 300)
+    );
+    assert_eq!(answer.answers()[0].ttl(), 600);
+    // The apex as a host.
+    let apex = f.ask(&query("geo.example.net.", RecordType::A)).await;
+    assert_eq!(apex.answers().len(), 2);
+    assert!(apex.answers().iter().all(|r| r.ttl() == 5));
+    // NXDOMAIN: min(10m, 5m).
+    let nx = f.ask(&query("x.geo.example.net.", RecordType::A)).await;
+    assert_eq!(nx.name_servers()[0].ttl(), 300);
+}
+
+#[tokio::test]
+async fn question_count_must_be_one() {
+    let f = Fixture::standard();
+    let mut none = query("app.sat.example.com.", RecordType::A);
+    none.queries_mut().clear();
+    let answer = f.ask(&none).await;
+    assert_eq!(answer.response_code(), ResponseCode::FormErr);
+
+    let mut two = query("app.sat.example.com.", RecordType::A);
+    two.add_query(Query::query(
+        Name::from_ascii("api.sat.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    let answer = f.ask(&two).await;
+    assert_eq!(answer.response_code(), ResponseCode::FormErr);
+    assert!(answer.answers().is_empty());
+
+    // A huge QDCOUNT with one question's bytes: the parse runs out of bytes.
+    let mut huge = query("app.sat.example.com.", RecordType::A)
+        .to_bytes()
+        .unwrap();
+    huge[4] = 0xff;
+    huge[5] = 0xff;
+    assert_eq!(
+        f.ask_bytes(&huge, Protocol::Udp).await.unwrap_err(),
+        "FORMERR"
+    );
+}
+
+#[tokio::test]
+async fn garbage_never_panics() {
+    let f = Fixture::standard();
+    let good = with_ecs(
+        query("app.sat.example.com.", RecordType::A),
+        "81.2.69.142/32",
+    )
+    .to_bytes()
+    .unwrap();
+    // Every prefix of a good query, and every single-byte corruption of it: each is answered
+    // or dropped, and nothing panics.
+    for len in 0..good.len() {
+        let _ = f.ask_bytes(&good[..len], Protocol::Udp).await;
+    }
+    for at in 0..good.len() {
+        for value in [0x00, 0x01, 0x3f, 0x80, 0xc0, 0xff] {
+            let mut bytes = good.clone();
+            bytes[at] = value;
+            let _ = f.ask_bytes(&bytes, Protocol::Udp).await;
+        }
+    }
+    assert!(f
+        .ask_bytes(&good[..11], Protocol::Udp)
+        .await
+        .unwrap_err()
+        .starts_with("dropped"));
+}
+
+#[tokio::test]
+async fn other_opcodes_and_edns_versions() {
+    let f = Fixture::standard();
+    let mut notify = query("sat.example.com.", RecordType::SOA);
+    notify.set_op_code(OpCode::Notify);
+    assert_eq!(f.ask(&notify).await.response_code(), ResponseCode::NotImp);
+
+    let mut v1 = with_edns(query("app.sat.example.com.", RecordType::A), 1232);
+    edns_mut(&mut v1).set_version(1);
+    let answer = f.ask(&v1).await;
+    // BADVERS is 16, which hickory-proto decodes as BADSIG (the same number, for TSIG).
+    assert_eq!(u16::from(answer.response_code()), 16);
+    assert_eq!(answer.extensions().as_ref().map(Edns::version), Some(0));
+}
+
+/// Relays with `count` IPv6 addresses each (say, one per uplink): two of them with 20 each make
+/// an AAAA answer of about 1,150 bytes.
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn crowded_relays(count: u16) -> Vec<RelayInfo> {
+    let many = |net: u16| -> Vec<String> {
+        (1..=count)
+            .map(|i| format!("[2001:db8:{net:x}::{i:x}]:443"))
+            .collect()
+    };
+    let (lon, nyc, sin) = (many(1), many(2), many(3));
+    vec![
+        relay("lon", LONDON, &strs(&lon)),
+        relay("nyc", NEW_YORK, &strs(&nyc)),
+        relay("sin", SINGAPORE, &strs(&sin)),
+    ]
+}
+
+#[tokio::test]
+async fn big_udp_answers_are_truncated_and_tcp_carries_them() {
+    let f = Fixture::new(&config(), &crowded_relays(20));
+    let aaaa = query("app.sat.example.com.", RecordType::AAAA);
+
+    // No EDNS: 512 bytes at most.
+    let udp = f.ask(&aaaa).await;
+    assert!(udp.truncated());
+    assert_eq!(udp.response_code(), ResponseCode::NoError);
+    assert!(udp.answers().is_empty());
+    let bytes = udp.to_bytes().unwrap();
+    assert!(bytes.len() <= 512, "{}", bytes.len());
+
+    // TCP: everything.
+    let tcp = f.ask_over(&aaaa, Protocol::Tcp).await;
+    assert!(!tcp.truncated());
+    assert_eq!(tcp.answers().len(), 40);
+
+    // EDNS with room for it: everything, over UDP too.
+    let roomy = with_ecs(aaaa.clone(), "81.2.69.142/32");
+    let answer = f.ask(&roomy).await;
+    assert!(!answer.truncated());
+    assert_eq!(answer.answers().len(), 40);
+    assert!(answer.to_bytes().unwrap().len() <= 1232);
+
+    // A small EDNS buffer: truncated, and the OPT with the ECS option is still there.
+    let mut small = with_ecs(aaaa.clone(), "81.2.69.142/32");
+    edns_mut(&mut small).set_max_payload(512);
+    let answer = f.ask(&small).await;
+    assert!(answer.truncated());
+    assert_eq!(ecs_of(&answer).map(|e| e.scope_prefix()), Some(31));
+
+    // A client that claims 4096 still gets at most max_udp_payload (1232).
+    let f = Fixture::new(&config(), &crowded_relays(52));
+    let answer = f.ask(&with_edns(aaaa.clone(), 4096)).await;
+    assert!(answer.truncated());
+    assert!(answer.answers().is_empty());
+    let tcp = f.ask_over(&aaaa, Protocol::Tcp).await;
+    assert!(!tcp.truncated());
+    assert_eq!(tcp.answers().len(), 2 * 52);
+}
+
+#[test]
+fn relays_with_no_ip_address_are_not_answered() {
+    let info = relay("named", LONDON, &["relay.example.net:443"]);
+    let relay = DnsRelay::from_info(info);
+    assert!(relay.ipv4.is_empty() && relay.ipv6.is_empty());
+}

@@ -1,0 +1,168 @@
+//! The geo DNS server: authoritative for one zone, it answers A/AAAA queries for service host
+//! names with the best one or two relays for the client, ranked by [`crate::rank::rank`] from
+//! where GeoIP places the client (the EDNS Client Subnet if the query has one, else the
+//! resolver's address). It speaks UDP and TCP through hickory-server, honours ECS with the
+//! scope RFC 7871 asks for, and answers bad queries with FORMERR or REFUSED.
+//!
+//! It is not a general DNS server: no zone files, no transfers, no DNSSEC, no recursion. Its
+//! zone holds the SOA and NS records at the apex, and the configured host names.
+//!
+//! What the answers say, by query:
+//!
+//! | Query                                  | Answer                                        |
+//! |----------------------------------------|-----------------------------------------------|
+//! | host name, A or AAAA (or ANY)          | the best relays' addresses, ECS scope set     |
+//! | host name, another type                | NOERROR, no records, SOA in authority (NODATA)|
+//! | host name, no relay up with that family| NODATA, negative TTL at most the answer TTL   |
+//! | apex, SOA or NS                        | the configured records                        |
+//! | a name in the zone that is not there   | NXDOMAIN, SOA in authority                    |
+//! | a name outside the zone, class not IN  | REFUSED                                       |
+//! | not exactly one question, malformed ECS, unparsable message | FORMERR          |
+//! | EDNS version above 0                   | BADVERS                                       |
+//! | opcode other than QUERY                | NOTIMP                                        |
+//! | fewer than 12 bytes, or a response     | dropped                                       |
+//!
+//! A UDP answer larger than the client's EDNS buffer (512 bytes without EDNS, and never more
+//! than [`DnsConfig::max_udp_payload`]) goes out with no records and TC set, so the resolver
+//! asks again over TCP.
+
+mod answer;
+mod config;
+mod table;
+
+use std::sync::Arc;
+
+use hickory_proto::op::ResponseCode;
+use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::ServerFuture;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub use config::{DnsConfig, SoaConfig};
+pub use table::{DnsRelay, DnsTable};
+
+use crate::geoip::GeoIp;
+use crate::GeoError;
+use config::Zone;
+
+/// The request handler: the zone, the relays, and the GeoIP database. [`serve`] runs it; it is
+/// public for callers that want to give hickory-server other sockets too.
+pub struct GeoDns {
+    zone: Zone,
+    table: watch::Receiver<Arc<DnsTable>>,
+    geoip: Arc<GeoIp>,
+}
+
+impl GeoDns {
+    /// Checks `config` (see [`DnsConfig::validate`]).
+    pub fn new(
+        config: &DnsConfig,
+        table: watch::Receiver<Arc<DnsTable>>,
+        geoip: Arc<GeoIp>,
+    ) -> Result<Self, GeoError> {
+        Ok(Self {
+            zone: Zone::from_config(config)?,
+            table,
+            geoip,
+        })
+    }
+}
+
+impl std::fmt::Debug for GeoDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeoDns")
+            .field("zone", &self.zone.origin)
+            .field("geoip", &self.geoip)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for GeoDns {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let reply = self.reply(request, request.src(), request.protocol());
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = reply.edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            reply.header,
+            reply.answers.iter(),
+            reply.authority.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                // The client went away (a TCP connection closed under us); nothing to tell it.
+                debug!(peer = %request.src(), %error, "DNS answer not sent");
+                let mut header = reply.header;
+                header.set_response_code(ResponseCode::ServFail);
+                header.into()
+            }
+        }
+    }
+}
+
+/// Serves the geo DNS zone on `udp` and `tcp` until `shutdown` is cancelled.
+///
+/// The caller binds both sockets (the same port, usually 53, on each) and logs
+/// `listening on dns-udp ADDR` and `listening on dns-tcp ADDR` for them; this function
+/// logs nothing of its own at `info`. `table` is the relay snapshot: send a new
+/// [`DnsTable`] into its `watch::Sender` whenever the relay map changes, and the next query
+/// uses it. The config is checked before anything starts.
+///
+/// hickory-server logs every query at `info` under the `hickory_server` target; a binary that
+/// does not want a line per query sets that target to `warn`.
+///
+/// Errors: [`GeoError::DnsConfig`] for a bad setting, [`GeoError::DnsSocket`] if a socket
+/// cannot be registered with the runtime, [`GeoError::DnsStopped`] if a socket fails while
+/// serving. Bad queries are answered, never returned as errors.
+pub async fn serve(
+    config: DnsConfig,
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+    table: watch::Receiver<Arc<DnsTable>>,
+    geoip: Arc<GeoIp>,
+    shutdown: CancellationToken,
+) -> Result<(), GeoError> {
+    let handler = GeoDns::new(&config, table, geoip)?;
+    let mut server = ServerFuture::new(handler);
+    server
+        .register_socket_std(udp)
+        .map_err(|source| GeoError::DnsSocket {
+            proto: "dns-udp",
+            source,
+        })?;
+    server
+        .register_listener_std(tcp, config.tcp_timeout)
+        .map_err(|source| GeoError::DnsSocket {
+            proto: "dns-tcp",
+            source,
+        })?;
+
+    tokio::select! {
+        ended = server.block_until_done() => {
+            // The sockets' tasks end only when told to, or when a socket fails.
+            let reason = match ended {
+                Ok(()) => "its sockets closed".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            return Err(GeoError::DnsStopped { reason });
+        }
+        () = shutdown.cancelled() => {}
+    }
+    server
+        .shutdown_gracefully()
+        .await
+        .map_err(|error| GeoError::DnsStopped {
+            reason: error.to_string(),
+        })
+}

@@ -1,0 +1,118 @@
+//! The relays the DNS server hands out: a snapshot the caller replaces whenever the relay map
+//! changes. Queries read the snapshot in place; they never wait for the caller.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use sat_proto::control::RelayInfo;
+
+/// The relays, with the addresses DNS answers carry. Build one from the relay map the control
+/// plane pushes ([`DnsTable::from_relay_map`]), and send it into the server's
+/// `watch::Receiver<Arc<DnsTable>>`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DnsTable {
+    relays: Vec<DnsRelay>,
+}
+
+/// One relay: its entry in the relay map (name, state, location, round trip to the primary,
+/// load), and its public addresses by family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsRelay {
+    pub info: RelayInfo,
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+}
+
+impl DnsRelay {
+    /// The relay with the IP addresses among its `addresses` (`192.0.2.7`, `192.0.2.7:443`,
+    /// `2001:db8::7`, `[2001:db8::7]:443`). Host names are left out: an A/AAAA answer cannot
+    /// carry them. Unspecified addresses (`0.0.0.0`, `::`) are left out too, and IPv4-mapped
+    /// IPv6 addresses count as IPv4.
+    pub fn from_info(info: RelayInfo) -> Self {
+        let mut ipv4 = Vec::new();
+        let mut ipv6 = Vec::new();
+        for address in &info.addresses {
+            let ip = match address.trim().parse::<SocketAddr>() {
+                Ok(socket) => socket.ip(),
+                Err(_) => match address.trim().parse::<IpAddr>() {
+                    Ok(ip) => ip,
+                    Err(_) => continue,
+                },
+            };
+            match ip.to_canonical() {
+                IpAddr::V4(v4) if !v4.is_unspecified() && !ipv4.contains(&v4) => ipv4.push(v4),
+                IpAddr::V6(v6) if !v6.is_unspecified() && !ipv6.contains(&v6) => ipv6.push(v6),
+                _ => {}
+            }
+        }
+        Self { info, ipv4, ipv6 }
+    }
+
+    pub(crate) fn has_family(&self, v6: bool) -> bool {
+        if v6 {
+            !self.ipv6.is_empty()
+        } else {
+            !self.ipv4.is_empty()
+        }
+    }
+}
+
+impl DnsTable {
+    pub fn new(relays: Vec<DnsRelay>) -> Self {
+        Self { relays }
+    }
+
+    /// The table for a pushed relay map: every relay, with the IP addresses among its
+    /// `addresses` (see [`DnsRelay::from_info`]). Down and draining relays stay in the table
+    /// and the ranking leaves them out, so that the table is a plain copy of the map.
+    pub fn from_relay_map(relays: &[RelayInfo]) -> Self {
+        Self::new(relays.iter().cloned().map(DnsRelay::from_info).collect())
+    }
+
+    pub fn relays(&self) -> &[DnsRelay] {
+        &self.relays
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sat_proto::control::RelayState;
+
+    use super::*;
+
+    #[test]
+    fn ip_literals_are_taken_and_host_names_left_out() {
+        let info = RelayInfo {
+            name: "eu".into(),
+            region: "eu-west".into(),
+            state: RelayState::Up,
+            addresses: vec![
+                "relay-eu.example.net:443".into(),
+                "192.0.2.7:443".into(),
+                "192.0.2.7".into(),
+                "198.51.100.1".into(),
+                "[2001:db8::7]:443".into(),
+                "2001:db8::8".into(),
+                "::ffff:203.0.113.9".into(),
+                "0.0.0.0:443".into(),
+                "[::]:443".into(),
+                "garbage".into(),
+            ],
+            location: None,
+            rtt_us: 0,
+            load: 0.0,
+            latency_url: None,
+        };
+        let relay = DnsRelay::from_info(info);
+        let v4: Vec<Ipv4Addr> = ["192.0.2.7", "198.51.100.1", "203.0.113.9"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let v6: Vec<Ipv6Addr> = ["2001:db8::7", "2001:db8::8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(relay.ipv4, v4);
+        assert_eq!(relay.ipv6, v6);
+        assert!(relay.has_family(false) && relay.has_family(true));
+    }
+}
