@@ -127,7 +127,8 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Self::Connect { .. } | Self::CheckConfig { .. } | Self::Admin(_) => "warn",
-            _ => "info",
+            // hickory logs every DNS query at info.
+            _ => "info,hickory_server=warn,hickory_proto=warn",
         }
     }
 

@@ -20,6 +20,20 @@ pub struct RelayConfig {
     pub http: HttpSection,
     #[serde(default)]
     pub tcp: Vec<TcpPort>,
+    /// Geo DNS: this relay answers for the zone with the best relays for each client.
+    pub dns: Option<DnsSection>,
+}
+
+/// `[dns]`: where the relay serves geo DNS, the GeoIP database it places clients with, and
+/// `[dns.authority]`, the zone it is authoritative for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// UDP and TCP, same port (53 in production).
+    pub listen: SocketAddr,
+    /// A GeoIP2 or GeoLite2 City database (.mmdb).
+    pub geoip: PathBuf,
+    pub authority: sat_geo::dns::DnsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +170,11 @@ impl RelayConfig {
         if config.relay.data_dir.is_relative() {
             config.relay.data_dir = base.join(&config.relay.data_dir);
         }
+        if let Some(dns) = &mut config.dns {
+            if dns.geoip.is_relative() {
+                dns.geoip = base.join(&dns.geoip);
+            }
+        }
         if let Some(https) = &mut config.https {
             for p in [&mut https.cert, &mut https.key] {
                 if p.is_relative() {
@@ -203,6 +222,14 @@ impl RelayConfig {
                 "http.max_header_size: {} is out of range; use 8192 to 1048576 bytes",
                 self.http.max_header_size
             ));
+        }
+        if let Some(dns) = &self.dns {
+            dns.authority.validate().map_err(|e| match e {
+                sat_geo::GeoError::DnsConfig { key, problem } => {
+                    format!("dns.authority.{key}: {problem}")
+                }
+                other => format!("dns.authority: {other}"),
+            })?;
         }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tcp.iter().enumerate() {

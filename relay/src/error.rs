@@ -28,6 +28,9 @@ pub enum RelayError {
     /// control plane was unreachable) or not (the token was refused: get a new one).
     #[error("{message}")]
     Enrol { message: String, retry: bool },
+    /// The GeoIP database for geo DNS could not be used; the message names the file.
+    #[error(transparent)]
+    Geo(#[from] sat_geo::GeoError),
     #[error("QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
 }

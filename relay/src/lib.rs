@@ -33,12 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
+use sat_geo::dns::DnsTable;
 use sat_transport::pin::CertSlot;
 use sat_transport::tls::{self, Identity, QuicLimits};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::RelayConfig;
 pub use error::RelayError;
@@ -155,6 +157,19 @@ pub async fn run(
         let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
         listeners.spawn(tcp::serve(listener, service, relay.clone(), stop.clone()));
     }
+    if let (Some((udp, tcp)), Some(dns)) = (sockets.dns, &config.dns) {
+        let geoip = sat_geo::geoip::GeoIp::open(&dns.geoip).map_err(RelayError::Geo)?;
+        let (table_tx, table) = watch::channel(Arc::new(DnsTable::default()));
+        background.spawn(feed_dns(relay.clone(), table_tx, stop_background.clone()));
+        background.spawn(serve_dns(
+            dns.authority.clone(),
+            udp,
+            tcp,
+            table,
+            Arc::new(geoip),
+            stop_background.clone(),
+        ));
+    }
     if let Some(listener) = sockets.health {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
         // Health answers until the very end, so that load balancers see the drain (503).
@@ -197,6 +212,35 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     info!("relay stopped");
     Ok(())
+}
+
+/// Keeps the DNS table in step with the relay map of each config push, so that a relay the
+/// control plane marks down or draining stops being handed out with the next push.
+async fn feed_dns(relay: Arc<Relay>, table: watch::Sender<Arc<DnsTable>>, stop: CancellationToken) {
+    let mut routes = relay.routes.subscribe();
+    loop {
+        let current = routes.borrow_and_update().clone();
+        if let Some(r) = current {
+            table.send_replace(Arc::new(DnsTable::from_relay_map(r.relays())));
+        }
+        tokio::select! {
+            changed = routes.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn serve_dns(
+    config: sat_geo::dns::DnsConfig,
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+    table: watch::Receiver<Arc<DnsTable>>,
+    geoip: Arc<sat_geo::geoip::GeoIp>,
+    stop: CancellationToken,
+) {
+    if let Err(e) = sat_geo::dns::serve(config, udp, tcp, table, geoip, stop).await {
+        error!("{e}");
+    }
 }
 
 /// The stored identity, or a new one from the enrolment token.

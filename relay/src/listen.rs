@@ -28,6 +28,8 @@ pub struct Sockets {
     pub tcp: Vec<(String, std::net::TcpListener)>,
     /// `/healthz` and `/readyz`.
     pub health: Option<std::net::TcpListener>,
+    /// Geo DNS, UDP and TCP on the same port.
+    pub dns: Option<(std::net::UdpSocket, std::net::TcpListener)>,
 }
 
 impl Sockets {
@@ -55,6 +57,18 @@ impl Sockets {
             .health_listen
             .map(|a| bind_tcp("health", a))
             .transpose()?;
+        let dns = config
+            .dns
+            .as_ref()
+            .map(|d| bind_dns(d.listen))
+            .transpose()?;
+        if let Some((udp, tcp)) = &dns {
+            for (name, addr) in [("dns-udp", udp.local_addr()), ("dns-tcp", tcp.local_addr())] {
+                if let Ok(addr) = addr {
+                    info!("listening on {name} {addr}");
+                }
+            }
+        }
         for (name, l) in [("https", &https), ("http", &http), ("health", &health)] {
             if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
                 info!("listening on {name} {addr}");
@@ -74,8 +88,25 @@ impl Sockets {
             http,
             tcp,
             health,
+            dns,
         })
     }
+}
+
+/// DNS on UDP and TCP: the TCP listener takes the port the UDP socket got (port 0 allowed).
+fn bind_dns(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), RelayError> {
+    let udp = std::net::UdpSocket::bind(addr).map_err(|source| RelayError::Bind {
+        what: "dns (udp)",
+        addr,
+        source,
+    })?;
+    let bound = udp.local_addr().map_err(|source| RelayError::Bind {
+        what: "dns (udp)",
+        addr,
+        source,
+    })?;
+    let tcp = bind_tcp("dns (tcp)", bound)?;
+    Ok((udp, tcp))
 }
 
 fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, RelayError> {

@@ -629,6 +629,12 @@ pub struct RelayOpts {
     pub drain_grace: &'static str,
     /// `[relay] health_listen` on 127.0.0.1:0.
     pub health: bool,
+    /// `[relay] public_addresses`.
+    pub public_addresses: Vec<String>,
+    /// `[relay] location` (lat, lon).
+    pub location: Option<(f64, f64)>,
+    /// The body of a `[dns]` section (its `listen` is added: 127.0.0.1:0).
+    pub dns: Option<String>,
 }
 
 impl Default for RelayOpts {
@@ -645,6 +651,9 @@ impl Default for RelayOpts {
             tcp: vec![],
             drain_grace: "5s",
             health: false,
+            public_addresses: vec![],
+            location: None,
+            dns: None,
         }
     }
 }
@@ -659,6 +668,17 @@ pub fn relay_toml(name: &str, control: &[SocketAddr], opts: &RelayOpts) -> Strin
     );
     if opts.health {
         s.push_str("health_listen = \"127.0.0.1:0\"\n");
+    }
+    if !opts.public_addresses.is_empty() {
+        let list: Vec<String> = opts
+            .public_addresses
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        s.push_str(&format!("public_addresses = [{}]\n", list.join(", ")));
+    }
+    if let Some((lat, lon)) = opts.location {
+        s.push_str(&format!("location = {{ lat = {lat}, lon = {lon} }}\n"));
     }
     s.push_str(&format!(
         "\n[uplink]\ncontrol = [{}]\nserver_name = \"sat-control\"\nconnections = {}\n",
@@ -688,6 +708,9 @@ pub fn relay_toml(name: &str, control: &[SocketAddr], opts: &RelayOpts) -> Strin
         s.push_str(&format!(
             "\n[[tcp]]\nservice = \"{svc}\"\nlisten = \"127.0.0.1:0\"\n"
         ));
+    }
+    if let Some(dns) = &opts.dns {
+        s.push_str(&format!("\n[dns]\nlisten = \"127.0.0.1:0\"\n{dns}\n"));
     }
     s
 }
@@ -721,6 +744,8 @@ pub struct Relay {
     pub http: Option<SocketAddr>,
     pub tcp: HashMap<String, SocketAddr>,
     pub health: Option<SocketAddr>,
+    /// Geo DNS, UDP and TCP on this port.
+    pub dns: Option<SocketAddr>,
     /// The relay's config file, to start it again.
     pub config: PathBuf,
 }
@@ -879,6 +904,10 @@ impl Net {
             true => Some(log.wait_listening("health", None, SHORT).await?),
             false => None,
         };
+        let dns = match opts.dns.is_some() {
+            true => Some(log.wait_listening("dns-udp", None, SHORT).await?),
+            false => None,
+        };
         Ok(Relay {
             proc,
             name,
@@ -888,6 +917,7 @@ impl Net {
             http,
             tcp,
             health,
+            dns,
             config,
         })
     }
