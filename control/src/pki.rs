@@ -246,20 +246,12 @@ fn pki(e: rcgen::Error) -> ControlError {
 }
 
 pub(crate) fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), ControlError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| ControlError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)
+    sat_transport::files::write_atomic(path, contents.as_bytes(), mode).map_err(|source| {
+        ControlError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -116,23 +116,12 @@ fn read(path: &Path) -> Result<String, RelayError> {
 }
 
 fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), RelayError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |source| RelayError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    sat_transport::files::write_atomic(path, text.as_bytes(), mode).map_err(|source| {
+        RelayError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 pub fn now_unix() -> u64 {

@@ -9,9 +9,11 @@
 //! - [`splice`]: QUIC stream ⇄ TCP or any byte stream, with FIN/RST propagation.
 //! - [`io`]: a QUIC stream pair as one `AsyncRead + AsyncWrite`, for hyper.
 //! - [`http`]: what both ends of an HTTP stream share: the body type, plain-text answers.
+//! - [`files`]: keys and certificates written whole, with their mode from the start.
 //! - [`header`]: reading a stream header or answer off a QUIC stream, bounded and timed.
 
 mod error;
+pub mod files;
 pub mod header;
 pub mod http;
 pub mod io;

@@ -231,8 +231,6 @@ pub fn endpoint_config(reset_secret: Option<&[u8]>) -> quinn::EndpointConfig {
 
 /// The stateless-reset secret kept in `dir` (`quic-reset.key`, owner-only), made on first use.
 pub fn reset_secret(dir: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("quic-reset.key");
     if let Ok(secret) = std::fs::read(&path) {
         if secret.len() >= 32 {
@@ -242,13 +240,7 @@ pub fn reset_secret(dir: &Path) -> std::io::Result<Vec<u8>> {
     let mut secret = vec![0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
         .map_err(|_| std::io::Error::other("no randomness from the OS"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(&secret)?;
+    crate::files::write_atomic(&path, &secret, 0o600)?;
     Ok(secret)
 }
 
