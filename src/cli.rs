@@ -76,6 +76,20 @@ pub enum Command {
         #[arg(long, env = "SAT_RELAY_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// List the relays with their health and your measured round trip to each, ranked by the
+    /// estimated whole path (you to the relay, plus the relay to the primary site):
+    ///
+    ///   sat relays --relay relay.example.com:443
+    ///
+    /// The relay map comes from the relay given; every relay that is up is then timed in
+    /// parallel (its /api/latency, on a kept-alive connection, best of four).
+    Relays {
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// Print JSON instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tunnel stdin/stdout to a TCP service through a relay, for OpenSSH's ProxyCommand:
     ///
     ///   ssh -o ProxyCommand='sat connect ssh --relay relay.example.com:443' user@host
@@ -126,7 +140,10 @@ impl Command {
     /// `sat connect` runs under ssh, whose terminal must not fill with our info lines.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Self::Connect { .. } | Self::CheckConfig { .. } | Self::Admin(_) => "warn",
+            Self::Connect { .. }
+            | Self::CheckConfig { .. }
+            | Self::Admin(_)
+            | Self::Relays { .. } => "warn",
             // hickory logs every DNS query at info.
             _ => "info,hickory_server=warn,hickory_proto=warn",
         }
@@ -137,6 +154,7 @@ impl Command {
             Self::Up { data_dir, relays } => up(data_dir, relays).await,
             Self::Control { config } => control(&config).await,
             Self::Relay { config, token } => relay(&config, token).await,
+            Self::Relays { relay, json } => relays(&relay, json).await,
             Self::Connect { service, relay } => connect(&service, &relay).await,
             Self::Forward {
                 local_addr,
@@ -263,17 +281,42 @@ fn usage<E: std::fmt::Display>(e: E) -> u8 {
     EXIT_USAGE
 }
 
-async fn dialer(args: &RelayArgs) -> Result<Dialer, ClientError> {
-    let ca = match &args.ca {
-        Some(ca) => ca.clone(),
+/// The CA that signed the relays' HTTPS certificates: `--ca`, or `sat up`'s.
+fn ca_path(args: &RelayArgs) -> Result<PathBuf, ClientError> {
+    match &args.ca {
+        Some(ca) => Ok(ca.clone()),
         None => {
             let ca = sat_devnet::default_data_dir().join("ca.pem");
             if !ca.exists() {
                 return Err(ClientError::NoCa { hint: ca });
             }
-            ca
+            Ok(ca)
         }
+    }
+}
+
+async fn relays(args: &RelayArgs, json: bool) -> u8 {
+    let probed = match ca_path(args) {
+        Ok(ca) => sat_client::probe_relays(&args.relay, &ca).await,
+        Err(e) => Err(e),
     };
+    match probed {
+        Ok(probed) => {
+            print!("{}", crate::relays::render(&probed, json));
+            0
+        }
+        Err(e) => {
+            eprintln!("sat relays: {e}");
+            match e {
+                ClientError::Probe(_) => EXIT_UNAVAILABLE,
+                other => client_exit(&other),
+            }
+        }
+    }
+}
+
+async fn dialer(args: &RelayArgs) -> Result<Dialer, ClientError> {
+    let ca = ca_path(args)?;
     let dialer = Dialer::new(&args.relay, &ca).await?;
     Ok(match &args.token {
         Some(token) => dialer.with_token(token.trim().to_owned()),

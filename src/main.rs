@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod relays;
 
 use std::process::ExitCode;
 

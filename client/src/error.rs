@@ -10,6 +10,9 @@ pub enum ClientError {
         "--relay {0:?} is not host:port (for example 127.0.0.2:8443 or relay.example.com:443)"
     )]
     RelayAddr(String),
+    /// The relay map could not be fetched or read.
+    #[error("{0}")]
+    Probe(String),
     #[error("cannot resolve relay {relay}: {source}")]
     Resolve {
         relay: String,

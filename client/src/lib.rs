@@ -7,12 +7,16 @@
 //! a separate concern that plugs in in front of [`Dialer::new`].
 //!
 //! - [`Dialer`] (in `dial`): connects to a relay and opens tunnels, QUIC first, TLS as fallback.
+//! - [`probe_relays`] (in `probe`): the relay map, each relay's measured round trip, ranked
+//!   by the estimated end-to-end path (`sat relays`).
 //! - [`connect`] and [`forward`] (in `tunnel`): the two ways to use a tunnel.
 
 mod dial;
 mod error;
+mod probe;
 mod tunnel;
 
 pub use dial::{Dialer, Transport};
 pub use error::ClientError;
+pub use probe::{probe_relays, Probed};
 pub use tunnel::{connect, forward};
