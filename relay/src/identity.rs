@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use quinn::Endpoint;
 use rcgen::{CertificateParams, KeyPair};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::relay::Relay;
+use crate::routes::unix_now;
 use crate::RelayError;
 
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,12 +125,6 @@ fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), RelayError> {
     })
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A fresh key and a CSR for `name` (the control plane decides the final name and lifetime).
 fn csr(name: &str) -> Result<(String, String), RelayError> {
     let fail = |e: rcgen::Error| RelayError::Enrol {
@@ -186,7 +181,7 @@ pub async fn enrol(
     let enrolment = Enrolment {
         name: done.name.clone(),
         region: done.region.clone(),
-        issued_at: now_unix(),
+        issued_at: unix_now(),
         not_after,
         token_id: token.id.clone(),
     };
@@ -199,7 +194,7 @@ pub async fn enrol(
     info!(
         relay = %done.name,
         region = %done.region,
-        expires_in = ?Duration::from_secs(not_after.saturating_sub(now_unix())),
+        expires_in = ?Duration::from_secs(not_after.saturating_sub(unix_now())),
         "enrolled"
     );
     let identity = Identity::from_pem(&done.cert_chain_pem, &key_pem)?;
@@ -309,7 +304,7 @@ pub struct Renewal {
 pub async fn renew_forever(mut r: Renewal, relay: Arc<Relay>, stop: CancellationToken) {
     let mut retry = RETRY_MIN;
     loop {
-        let wait = Duration::from_secs(r.enrolment.renew_at().saturating_sub(now_unix()));
+        let wait = Duration::from_secs(r.enrolment.renew_at().saturating_sub(unix_now()));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
@@ -328,12 +323,12 @@ pub async fn renew_forever(mut r: Renewal, relay: Arc<Relay>, stop: Cancellation
                 retry = RETRY_MIN;
                 relay.cert_epoch.send_modify(|e| *e += 1);
                 info!(
-                    expires_in = ?Duration::from_secs(r.enrolment.not_after.saturating_sub(now_unix())),
+                    expires_in = ?Duration::from_secs(r.enrolment.not_after.saturating_sub(unix_now())),
                     "certificate renewed; uplinks reconnect with it one by one"
                 );
             }
             Err(e) => {
-                let left = r.enrolment.not_after.saturating_sub(now_unix());
+                let left = r.enrolment.not_after.saturating_sub(unix_now());
                 warn!(retry_in = ?retry, expires_in = ?Duration::from_secs(left), "cannot renew the certificate: {e}");
                 if left == 0 {
                     warn!("the certificate has expired: uplinks cannot reconnect until the relay enrols again with a new token");
@@ -364,7 +359,7 @@ async fn renew_once(r: &Renewal) -> Result<(Enrolment, Identity), RelayError> {
     };
     let (_, not_after) = expiry_of(&done.cert_chain_pem)?;
     let enrolment = Enrolment {
-        issued_at: now_unix(),
+        issued_at: unix_now(),
         not_after,
         ..r.enrolment.clone()
     };

@@ -252,7 +252,7 @@ async fn load_or_enrol(
     let token = config.relay.token.as_ref().map(|t| t.expose());
     let stored = files.load()?;
     if let Some((enrolment, id, roots)) = stored {
-        let expired = enrolment.not_after <= identity::now_unix();
+        let expired = enrolment.not_after <= routes::unix_now();
         let same_token = token.is_some_and(|t| {
             sat_proto::enrol::EnrolToken::parse(t).is_ok_and(|t| t.id == enrolment.token_id)
         });

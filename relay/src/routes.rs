@@ -101,8 +101,8 @@ impl Routes {
     }
 }
 
-/// The wall clock in unix seconds, for checking access tokens (their times are wall-clock
-/// times set by the control plane). A clock before 1970 reads as 0, which makes every token
+/// The wall clock in unix seconds, for checking access tokens and certificate lifetimes (their
+/// times are wall-clock times set by the control plane). A clock before 1970 reads as 0, which makes every token
 /// look issued in the future: refused, with a message that names the clock.
 pub fn unix_now() -> u64 {
     SystemTime::now()
