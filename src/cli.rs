@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sat_client::{ClientError, Dialer};
+use sat_client::{Chooser, ClientError, Options, Route};
 use sat_control::ControlConfig;
 use sat_proto::stream::RejectCode;
 use sat_relay::RelayConfig;
@@ -20,6 +20,9 @@ pub const EXIT_SOFTWARE: u8 = 70;
 /// An access or admin token was refused.
 pub const EXIT_NOPERM: u8 = 77;
 pub const EXIT_FAILURE: u8 = 1;
+
+/// How often `sat forward` probes the relays again.
+const REPROBE_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -90,27 +93,52 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Tunnel stdin/stdout to a TCP service through a relay, for OpenSSH's ProxyCommand:
+    /// Tunnel stdin/stdout to a TCP service through the best relay, for OpenSSH's
+    /// ProxyCommand:
     ///
     ///   ssh -o ProxyCommand='sat connect ssh --relay relay.example.com:443' user@host
     ///
-    /// Uses QUIC to the relay, or TLS over TCP on the same port when UDP is blocked.
+    /// The relay is chosen as `sat relays` shows (whole-path round trip), remembered between
+    /// runs (SAT_CACHE_DIR, default ~/.cache/sat), and kept until another is clearly faster.
+    /// If it does not answer, the runner-up takes the tunnel within a fraction of a second.
+    /// Uses QUIC, or TLS over TCP on the same port when UDP is blocked.
     Connect {
         /// The service's name, as configured on the control plane.
         service: String,
         #[command(flatten)]
-        relay: RelayArgs,
+        tunnel: TunnelArgs,
     },
-    /// Listen on a local address and tunnel each connection to a TCP service:
+    /// Listen on a local address and tunnel each connection to a TCP service through the
+    /// best relay:
     ///
     ///   sat forward 127.0.0.1:5432 postgres --relay relay.example.com:443
+    ///
+    /// The relays are probed again every 30 s; new connections move only when another relay
+    /// is clearly faster (10 ms and a third), or at once when the chosen one stops answering.
+    /// The runner-up is kept connected as a warm standby.
     Forward {
         /// Local address to listen on, such as 127.0.0.1:2222.
         local_addr: String,
         /// The service's name, as configured on the control plane.
         service: String,
         #[command(flatten)]
-        relay: RelayArgs,
+        tunnel: TunnelArgs,
+    },
+    /// Run OpenSSH's ssh to an SSH service through the best relay:
+    ///
+    ///   sat ssh alice@ssh --relay relay.example.com:443
+    ///   sat ssh ssh --via eu-west -- -L 8080:localhost:80 uptime
+    ///
+    /// This is `ssh -o ProxyCommand='sat connect SERVICE ...' [user@]SERVICE`, with the
+    /// service name as the host key alias in known_hosts. Arguments after `--` go to ssh.
+    Ssh {
+        /// [user@]SERVICE: the SSH service's name, as configured on the control plane.
+        target: String,
+        #[command(flatten)]
+        tunnel: TunnelArgs,
+        /// Options and a command for ssh.
+        #[arg(last = true)]
+        ssh_args: Vec<String>,
     },
     /// Check a control or relay config without starting anything: syntax, unknown keys,
     /// values, and that the certificate files load. Exits 0 if good, 64 if not.
@@ -125,15 +153,26 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct RelayArgs {
-    /// The relay, as host:port (its HTTPS port, which also serves QUIC).
+    /// Any relay, as host:port (its HTTPS port, which also serves QUIC): it lists the others.
+    /// May be left out once a relay has been chosen (the choice is cached).
     #[arg(long, env = "SAT_RELAY")]
-    relay: String,
+    pub(crate) relay: Option<String>,
     /// CA bundle that signed the relay's certificate [default: the `sat up` CA, if present]
     #[arg(long, env = "SAT_CA")]
-    ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Access token for a service that requires one (from `sat admin token create`).
     #[arg(long, env = "SAT_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct TunnelArgs {
+    #[command(flatten)]
+    pub(crate) relay: RelayArgs,
+    /// Pin the relay: a region (eu-west), a relay's name, or an address (host:port, used as
+    /// given, without probing).
+    #[arg(long, env = "SAT_VIA")]
+    pub(crate) via: Option<String>,
 }
 
 impl Command {
@@ -141,6 +180,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Self::Connect { .. }
+            | Self::Ssh { .. }
             | Self::CheckConfig { .. }
             | Self::Admin(_)
             | Self::Relays { .. } => "warn",
@@ -155,12 +195,17 @@ impl Command {
             Self::Control { config } => control(&config).await,
             Self::Relay { config, token } => relay(&config, token).await,
             Self::Relays { relay, json } => relays(&relay, json).await,
-            Self::Connect { service, relay } => connect(&service, &relay).await,
+            Self::Connect { service, tunnel } => connect(&service, &tunnel).await,
             Self::Forward {
                 local_addr,
                 service,
-                relay,
-            } => forward(&local_addr, service, &relay).await,
+                tunnel,
+            } => forward(&local_addr, service, &tunnel).await,
+            Self::Ssh {
+                target,
+                tunnel,
+                ssh_args,
+            } => crate::ssh::run(&target, &tunnel, &ssh_args),
             Self::CheckConfig { file } => check_config(&file),
             Self::Admin(args) => args.run().await,
         }
@@ -282,7 +327,7 @@ fn usage<E: std::fmt::Display>(e: E) -> u8 {
 }
 
 /// The CA that signed the relays' HTTPS certificates: `--ca`, or `sat up`'s.
-fn ca_path(args: &RelayArgs) -> Result<PathBuf, ClientError> {
+pub(crate) fn ca_path(args: &RelayArgs) -> Result<PathBuf, ClientError> {
     match &args.ca {
         Some(ca) => Ok(ca.clone()),
         None => {
@@ -297,7 +342,12 @@ fn ca_path(args: &RelayArgs) -> Result<PathBuf, ClientError> {
 
 async fn relays(args: &RelayArgs, json: bool) -> u8 {
     let probed = match ca_path(args) {
-        Ok(ca) => sat_client::probe_relays(&args.relay, &ca).await,
+        Ok(ca) => match &args.relay {
+            Some(relay) => sat_client::probe_relays(relay, &ca).await,
+            None => Err(ClientError::Probe(
+                "which relay? pass --relay host:port (any relay: it lists the others) or set SAT_RELAY".into(),
+            )),
+        },
         Err(e) => Err(e),
     };
     match probed {
@@ -315,16 +365,35 @@ async fn relays(args: &RelayArgs, json: bool) -> u8 {
     }
 }
 
-async fn dialer(args: &RelayArgs) -> Result<Dialer, ClientError> {
-    let ca = ca_path(args)?;
-    let dialer = Dialer::new(&args.relay, &ca).await?;
-    Ok(match &args.token {
-        Some(token) => dialer.with_token(token.trim().to_owned()),
-        None => dialer,
-    })
+/// Chooses the relays for a tunnel: see `sat_client::Chooser`.
+async fn route(args: &TunnelArgs) -> Result<Arc<Route>, ClientError> {
+    Ok(chooser(args).await?.1)
 }
 
-fn client_exit(e: &ClientError) -> u8 {
+async fn chooser(args: &TunnelArgs) -> Result<(Arc<Chooser>, Arc<Route>), ClientError> {
+    let ca = ca_path(&args.relay)?;
+    let options = Options {
+        relay: args.relay.relay.clone(),
+        cache: cache_dir().map(|dir| sat_client::cache_path(&dir, &ca)),
+        ca,
+        token: args.relay.token.as_ref().map(|t| t.trim().to_owned()),
+        via: args.via.clone(),
+    };
+    Chooser::start(options).await
+}
+
+/// Where clients remember their choice of relay: SAT_CACHE_DIR, or the XDG cache directory.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SAT_CACHE_DIR") {
+        return Some(dir.into());
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("sat"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/sat"))
+}
+
+pub(crate) fn client_exit(e: &ClientError) -> u8 {
     match e {
         ClientError::RelayAddr(_) | ClientError::NoCa { .. } | ClientError::Transport(_) => {
             EXIT_USAGE
@@ -340,9 +409,9 @@ fn client_exit(e: &ClientError) -> u8 {
     }
 }
 
-async fn connect(service: &str, args: &RelayArgs) -> u8 {
-    let result = match dialer(args).await {
-        Ok(d) => sat_client::connect(&d, service).await,
+async fn connect(service: &str, args: &TunnelArgs) -> u8 {
+    let result = match route(args).await {
+        Ok(route) => sat_client::connect(&route, service).await,
         Err(e) => Err(e),
     };
     match result {
@@ -354,9 +423,9 @@ async fn connect(service: &str, args: &RelayArgs) -> u8 {
     }
 }
 
-async fn forward(local: &str, service: String, args: &RelayArgs) -> u8 {
-    let dialer = match dialer(args).await {
-        Ok(d) => Arc::new(d),
+async fn forward(local: &str, service: String, args: &TunnelArgs) -> u8 {
+    let (chooser, route) = match chooser(args).await {
+        Ok(pair) => pair,
         Err(e) => {
             eprintln!("sat forward: {e}");
             return client_exit(&e);
@@ -372,8 +441,10 @@ async fn forward(local: &str, service: String, args: &RelayArgs) -> u8 {
     if let Ok(addr) = listener.local_addr() {
         info!("listening on tcp {addr} service={service}");
     }
+    info!(relays = ?route.names(), "relays chosen, best first");
     let stop = signals(false);
-    let result = sat_client::forward(dialer, listener, service, stop).await;
+    chooser.refresh_every(route.clone(), REPROBE_EVERY, stop.clone());
+    let result = sat_client::forward(route, listener, service, stop).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     match result {
         Ok(()) => 0,

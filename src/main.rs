@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod relays;
+mod ssh;
 
 use std::process::ExitCode;
 

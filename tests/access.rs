@@ -357,7 +357,7 @@ enum Tok<'a> {
 }
 
 fn connect_cmd(service: &str, relay: SocketAddr, ca: &Path, token: &Tok) -> Command {
-    let mut cmd = sat_cmd(["connect", service, "--relay", &relay.to_string(), "--ca"]);
+    let mut cmd = sat_cmd(["connect", service, "--via", &relay.to_string(), "--ca"]);
     cmd.arg(ca);
     match token {
         Tok::None => {}
@@ -766,7 +766,7 @@ async fn tunnels_check_tokens_before_reaching_the_backend() -> Result<()> {
         "forward",
         "127.0.0.1:0",
         "echo",
-        "--relay",
+        "--via",
         &https.to_string(),
     ]);
     cmd.arg("--ca").arg(&ca).args(["--token", &token]);

@@ -957,7 +957,7 @@ async fn control_plane_restart_keeps_everything_and_relays_reconnect() -> Result
         let mut cmd = sat_cmd([
             "connect",
             "added",
-            "--relay",
+            "--via",
             &relay.https()?.to_string(),
             "--ca",
         ]);

@@ -1,6 +1,12 @@
 //! Reaching a relay: QUIC first; if it has not connected within [`FALLBACK_AFTER`] (UDP
 //! blocked, typically), TLS over TCP to the same port joins the race, and the first to connect
 //! wins. A QUIC connection is kept and shared by the tunnels that follow.
+//!
+//! A kept connection is watched, so that a relay that dies is noticed before a tunnel is sent
+//! into it: the client pings every [`PING_EVERY`] (a QUIC keep-alive, a few dozen bytes), and a
+//! connection that has heard nothing for [`silence_limit`] is given up. That is what
+//! lets [`crate::Route`] send new tunnels to the standby relay within a fraction of a second of
+//! a relay's death, rather than after QUIC's idle timeout.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,15 +19,24 @@ use sat_proto::stream::ClientHeader;
 use sat_transport::tls::{self, QuicLimits};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::ClientError;
 
 /// How long QUIC gets alone before TLS over TCP is tried beside it (as in Happy Eyeballs).
 const FALLBACK_AFTER: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a kept QUIC connection is pinged. Short, because the silence after a relay's
+/// death is how it is noticed; a ping and its acknowledgement are two small packets.
+pub const PING_EVERY: Duration = Duration::from_millis(200);
+/// How often the watcher looks at a connection's receive counter.
+const WATCH_EVERY: Duration = Duration::from_millis(25);
+/// The least silence that counts as death: a ping interval plus an allowance for the peer's
+/// delayed acknowledgement (25 ms in QUIC) and for scheduling.
+const MIN_SILENCE: Duration = Duration::from_millis(400);
 
 /// An open tunnel, its header already sent; the relay's answer is the first thing to read.
 pub enum Transport {
@@ -36,7 +51,7 @@ pub struct Dialer {
     endpoint: Endpoint,
     tls: TlsConnector,
     /// The QUIC connection, once one works; later tunnels open streams on it.
-    quic: Mutex<Option<Connection>>,
+    quic: Mutex<Option<Kept>>,
     /// The service access token sent in every tunnel's header; empty for none.
     token: String,
 }
@@ -70,7 +85,11 @@ impl Dialer {
             service: String::new(),
             source,
         })?;
-        endpoint.set_default_client_config(tls::quic_client_config(quic_tls, QuicLimits::CLIENT)?);
+        let limits = QuicLimits {
+            keep_alive: PING_EVERY,
+            ..QuicLimits::CLIENT
+        };
+        endpoint.set_default_client_config(tls::quic_client_config(quic_tls, limits)?);
         let tcp_tls = tls::client_config(roots, None, &[sat_proto::ALPN_CLIENT])?;
         Ok(Self {
             relay: relay.into(),
@@ -103,8 +122,7 @@ impl Dialer {
             source,
         };
 
-        let cached = self.quic.lock().ok().and_then(|c| c.clone());
-        if let Some(conn) = cached.filter(|c| c.close_reason().is_none()) {
+        if let Some(conn) = self.live_connection() {
             if let Ok((mut send, recv)) = conn.open_bi().await {
                 send.write_all(&buf).await.map_err(|e| io_err(e.into()))?;
                 return Ok(Transport::Quic(send, recv));
@@ -114,15 +132,65 @@ impl Dialer {
             Connected::Quic(conn) => {
                 let (mut send, recv) = conn.open_bi().await.map_err(|e| io_err(e.into()))?;
                 send.write_all(&buf).await.map_err(|e| io_err(e.into()))?;
-                if let Ok(mut slot) = self.quic.lock() {
-                    *slot = Some(conn);
-                }
+                self.keep(conn);
                 Ok(Transport::Quic(send, recv))
             }
             Connected::Tls(mut stream) => {
                 stream.write_all(&buf).await.map_err(io_err)?;
                 Ok(Transport::Tls(stream))
             }
+        }
+    }
+
+    /// The relay's address, as given.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    /// Connects over QUIC ahead of need, so that the first tunnel finds a connection ready (the
+    /// warm standby). Does nothing if a live connection is kept already.
+    pub async fn warm(&self) -> Result<(), ClientError> {
+        if self.live_connection().is_some() {
+            return Ok(());
+        }
+        let conn = self
+            .connect_quic()
+            .await
+            .map_err(|quic| self.unreachable(quic, "not tried (warming up)".into()))?;
+        self.keep(conn);
+        Ok(())
+    }
+
+    /// Whether the relay is known to be gone: a kept connection went silent or closed. A
+    /// dialer that has no connection yet is not known to be gone.
+    pub fn is_gone(&self) -> bool {
+        let Ok(slot) = self.quic.lock() else {
+            return false;
+        };
+        slot.as_ref().is_some_and(|k| !k.is_live())
+    }
+
+    /// The kept connection if it is live. One that went silent is closed here, so that its
+    /// streams end rather than wait for QUIC's idle timeout.
+    fn live_connection(&self) -> Option<Connection> {
+        let mut slot = self.quic.lock().ok()?;
+        let kept = slot.as_ref()?;
+        if kept.is_live() {
+            return Some(kept.conn.clone());
+        }
+        if kept.conn.close_reason().is_none() {
+            warn!(relay = %self.relay, "the relay went silent; giving its connection up");
+            kept.conn.close(0u32.into(), b"silent");
+        }
+        *slot = None;
+        None
+    }
+
+    /// Keeps `conn` for later tunnels, watched by a task of its own.
+    fn keep(&self, conn: Connection) {
+        let kept = Kept::watch(conn);
+        if let Ok(mut slot) = self.quic.lock() {
+            *slot = Some(kept);
         }
     }
 
@@ -197,6 +265,56 @@ impl Dialer {
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")))
     }
+}
+
+/// A kept QUIC connection and when it was last heard from.
+struct Kept {
+    conn: Connection,
+    last_heard: Arc<Mutex<Instant>>,
+}
+
+impl Kept {
+    /// Starts a task that notes each time the connection's receive counter moves. It ends
+    /// with the connection.
+    fn watch(conn: Connection) -> Self {
+        let last_heard = Arc::new(Mutex::new(Instant::now()));
+        let (watched, heard) = (conn.clone(), last_heard.clone());
+        tokio::spawn(async move {
+            let mut seen = watched.stats().udp_rx.datagrams;
+            let mut tick = tokio::time::interval(WATCH_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = watched.closed() => return,
+                }
+                let now = watched.stats().udp_rx.datagrams;
+                if now != seen {
+                    seen = now;
+                    if let Ok(mut at) = heard.lock() {
+                        *at = Instant::now();
+                    }
+                }
+            }
+        });
+        Self { conn, last_heard }
+    }
+
+    fn is_live(&self) -> bool {
+        if self.conn.close_reason().is_some() {
+            return false;
+        }
+        let heard = self
+            .last_heard
+            .lock()
+            .map_or_else(|_| Instant::now(), |at| *at);
+        heard.elapsed() < silence_limit(self.conn.rtt())
+    }
+}
+
+/// How long a connection may stay silent before it counts as dead: a ping interval and three
+/// round trips (a slow path is not a dead one), and never less than [`MIN_SILENCE`].
+pub fn silence_limit(rtt: Duration) -> Duration {
+    (PING_EVERY + rtt * 3).max(MIN_SILENCE)
 }
 
 enum Connected {

@@ -11,12 +11,16 @@
 //!   by the estimated end-to-end path (`sat relays`).
 //! - [`connect`] and [`forward`] (in `tunnel`): the two ways to use a tunnel.
 
+mod choose;
 mod dial;
 mod error;
 mod probe;
+mod route;
 mod tunnel;
 
+pub use choose::{cache_path, Chooser, Options};
 pub use dial::{Dialer, Transport};
 pub use error::ClientError;
-pub use probe::{probe_relays, Probed};
+pub use probe::{dial_address, probe_relays, Probed, Prober};
+pub use route::{Hop, Route};
 pub use tunnel::{connect, forward};

@@ -44,29 +44,83 @@ pub struct Probed {
 /// relay that is up, in parallel. The result is in ranking order, the chosen one first, then
 /// the relays left out.
 pub async fn probe_relays(relay: &str, ca: &std::path::Path) -> Result<Vec<Probed>, ClientError> {
-    let roots = tls::load_roots(ca)?;
-    let config = tls::client_config(roots, None, &[b"http/1.1"])?;
-    let tls = TlsConnector::from(Arc::new(config));
-    let body = fetch(&tls, "https", relay, "/api/relays")
-        .await
-        .map_err(|e| ClientError::Probe(format!("relay map from {relay}: {e}")))?;
-    let map: serde_json::Value = serde_json::from_str(&body)
-        .map_err(|e| ClientError::Probe(format!("relay map from {relay}: {e}")))?;
-    let infos: Vec<RelayInfo> = serde_json::from_value(map["relays"].clone())
-        .map_err(|e| ClientError::Probe(format!("relay map from {relay}: {e}")))?;
+    let prober = Prober::new(ca)?;
+    let infos = prober.relay_map(&[relay.to_owned()]).await?;
+    let results = prober.time_all(&infos).await;
+    Ok(rank_probed(infos, results))
+}
 
-    let probes = infos.iter().map(|info| {
-        let tls = tls.clone();
-        async move {
+/// Reads relay maps and times relays, trusting one CA.
+#[derive(Clone)]
+pub struct Prober {
+    tls: TlsConnector,
+}
+
+impl Prober {
+    pub fn new(ca: &std::path::Path) -> Result<Self, ClientError> {
+        let roots = tls::load_roots(ca)?;
+        let config = tls::client_config(roots, None, &[b"http/1.1"])?;
+        Ok(Self {
+            tls: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// The relay map from the first of `sources` (relays' host:port) that gives one. Every
+    /// relay serves the whole map, so any relay that is up will do.
+    pub async fn relay_map(&self, sources: &[String]) -> Result<Vec<RelayInfo>, ClientError> {
+        let mut errors = Vec::new();
+        for relay in sources {
+            match self.relay_map_from(relay).await {
+                Ok(infos) => return Ok(infos),
+                Err(e) => errors.push(format!("relay map from {relay}: {e}")),
+            }
+        }
+        Err(ClientError::Probe(if errors.is_empty() {
+            "no relay to ask for the relay map: pass --relay host:port (any relay) or set SAT_RELAY"
+                .to_owned()
+        } else {
+            errors.join("; ")
+        }))
+    }
+
+    async fn relay_map_from(&self, relay: &str) -> Result<Vec<RelayInfo>, String> {
+        let body = fetch(&self.tls, "https", relay, "/api/relays").await?;
+        let map: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        serde_json::from_value(map["relays"].clone()).map_err(|e| e.to_string())
+    }
+
+    /// Times every relay that is up, in parallel: the fastest of a few round trips each, or
+    /// why there is no figure.
+    pub async fn time_all(&self, infos: &[RelayInfo]) -> Vec<Result<Duration, String>> {
+        let probes = infos.iter().map(|info| async move {
             match (&info.latency_url, info.state) {
-                (Some(url), RelayState::Up) => time(&tls, url).await.map_err(|e| e.to_string()),
+                (Some(url), RelayState::Up) => time(&self.tls, url).await,
                 (None, _) => Err("announces no latency check".into()),
                 _ => Err("not up".into()),
             }
-        }
-    });
-    let results = futures_util::future::join_all(probes).await;
-    Ok(rank_probed(infos, results))
+        });
+        futures_util::future::join_all(probes).await
+    }
+}
+
+/// Where a client dials a relay: the host:port of its HTTPS listener (which serves QUIC on the
+/// same port), from its latency-check URL, or else its first public address with a port.
+pub fn dial_address(info: &RelayInfo) -> Option<String> {
+    let from_url = info
+        .latency_url
+        .as_deref()
+        .and_then(|url| url.strip_prefix("https://"))
+        .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned());
+    from_url.or_else(|| {
+        info.addresses
+            .iter()
+            .find(|a| {
+                a.parse::<std::net::SocketAddr>().is_ok()
+                    || a.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+            })
+            .cloned()
+    })
 }
 
 /// Ranks relays by their measured round trips; those not measured come after, unranked.

@@ -10,14 +10,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::{ClientError, Dialer, Transport};
+use crate::{ClientError, Route, Transport};
 
 /// Joins stdin/stdout to `service` until both directions end. A refusal from the relay or the
 /// control plane comes back as [`ClientError::Refused`] with their reason.
-pub async fn connect(dialer: &Dialer, service: &str) -> Result<(), ClientError> {
+pub async fn connect(route: &Route, service: &str) -> Result<(), ClientError> {
     let stdin = tokio::io::stdin();
     let stdout = tokio::io::stdout();
-    match dialer.open(service).await? {
+    let (transport, relay) = route.open(service).await?;
+    debug!(%relay, "tunnel open");
+    match transport {
         Transport::Quic(send, recv) => {
             let (r, w) = tokio::io::split(QuicIo::awaiting_answer(send, recv));
             pump(stdin, stdout, r, w, service).await
@@ -73,7 +75,7 @@ fn classify(service: &str, e: std::io::Error) -> ClientError {
 
 /// Serves `listener` until `stop`: each local connection gets its own tunnel to `service`.
 pub async fn forward(
-    dialer: Arc<Dialer>,
+    route: Arc<Route>,
     listener: TcpListener,
     service: String,
     stop: CancellationToken,
@@ -91,10 +93,10 @@ pub async fn forward(
             },
             () = stop.cancelled() => break,
         };
-        let (dialer, service) = (dialer.clone(), service.clone());
+        let (route, service) = (route.clone(), service.clone());
         tasks.spawn(async move {
             debug!(%peer, "new local connection");
-            if let Err(e) = forward_one(&dialer, tcp, &service).await {
+            if let Err(e) = forward_one(&route, tcp, &service).await {
                 warn!(%peer, "{e}");
             }
         });
@@ -104,9 +106,11 @@ pub async fn forward(
     Ok(())
 }
 
-async fn forward_one(dialer: &Dialer, tcp: TcpStream, service: &str) -> Result<(), ClientError> {
+async fn forward_one(route: &Route, tcp: TcpStream, service: &str) -> Result<(), ClientError> {
     let _ = tcp.set_nodelay(true);
-    match dialer.open(service).await? {
+    let (transport, relay) = route.open(service).await?;
+    debug!(%relay, "tunnel open");
+    match transport {
         Transport::Quic(mut send, mut recv) => {
             match splice::tcp(tcp, &mut send, &mut recv, Start::AwaitAnswer).await {
                 Ok(_) => Ok(()),

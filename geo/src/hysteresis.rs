@@ -219,6 +219,70 @@ impl Hysteresis {
     }
 }
 
+/// Keeping the state between runs: a client that remembers its choice and the samples behind
+/// it starts where it left off, so a restart is not a chance to flap.
+impl Hysteresis {
+    /// Every relay's samples, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = (&str, Vec<(Instant, Duration)>)> {
+        self.history
+            .iter()
+            .map(|(name, samples)| (name.as_str(), samples.iter().copied().collect()))
+    }
+
+    /// The state [`Hysteresis::current`] and [`Hysteresis::history`] described, with samples
+    /// past the window or over the limit dropped.
+    pub fn restore(
+        config: History,
+        current: Option<String>,
+        history: impl IntoIterator<Item = (String, Vec<(Instant, Duration)>)>,
+        now: Instant,
+    ) -> Self {
+        let mut this = Self::new(config);
+        this.current = current;
+        for (name, mut samples) in history {
+            samples.sort_by_key(|&(at, _)| at);
+            samples.retain(|&(at, _)| now.saturating_duration_since(at) <= this.config.window);
+            let keep = samples.len().saturating_sub(this.config.samples);
+            let samples: VecDeque<_> = samples.into_iter().skip(keep).collect();
+            if !samples.is_empty() {
+                this.history.insert(name, samples);
+            }
+        }
+        this
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    #[test]
+    fn restore_keeps_the_choice_and_recent_samples_only() {
+        let now = Instant::now();
+        let config = History::default();
+        let old = now - config.window - Duration::from_secs(1);
+        let recent: Vec<(Instant, Duration)> = (1..=7u64)
+            .map(|i| (now - Duration::from_secs(8 - i), Duration::from_millis(i)))
+            .collect();
+        let h = Hysteresis::restore(
+            config,
+            Some("a".into()),
+            [
+                ("a".to_owned(), recent),
+                ("gone".to_owned(), vec![(old, Duration::from_millis(1))]),
+            ],
+            now,
+        );
+        assert_eq!(h.current(), Some("a"));
+        let history: Vec<_> = h.history().collect();
+        assert_eq!(history.len(), 1, "samples past the window are dropped");
+        let kept: Vec<Duration> = history[0].1.iter().map(|&(_, d)| d).collect();
+        // The newest five of seven.
+        assert_eq!(kept, (3..=7).map(Duration::from_millis).collect::<Vec<_>>());
+        assert_eq!(h.typical_rtt("a"), Some(Duration::from_millis(5)));
+    }
+}
+
 /// The Tailscale rule: at least [`MIN_GAIN`] faster, and at most two thirds of the time.
 fn clearly_faster(new: Duration, old: Duration) -> bool {
     new.saturating_add(MIN_GAIN) <= old && new.as_micros() * 3 <= old.as_micros() * 2

@@ -403,6 +403,11 @@ pub fn signal(pid: i32, sig: i32) -> Result<()> {
     }
 }
 
+/// Where `sat` remembers its choice of relay during this test process.
+pub fn test_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("sat-test-cache-{}", std::process::id()))
+}
+
 /// A `sat` command with a clean environment: no ambient `SAT_*` defaults, plain log lines.
 pub fn sat_cmd<I, S>(args: I) -> Command
 where
@@ -414,6 +419,9 @@ where
         .env_remove("SAT_TOKEN")
         .env_remove("SAT_RELAY")
         .env_remove("SAT_CA")
+        .env_remove("SAT_VIA")
+        // Each test process remembers its relay choices apart from the user's and the others'.
+        .env("SAT_CACHE_DIR", test_cache_dir())
         .env("NO_COLOR", "1");
     // Someone debugging a test may set SAT_LOG=debug; otherwise the documented default.
     if std::env::var_os("SAT_LOG").is_none() {
@@ -429,7 +437,7 @@ pub async fn sat_forward(
     ca: &Path,
     service: &str,
 ) -> Result<(Proc, SocketAddr)> {
-    let mut cmd = sat_cmd(["forward", "127.0.0.1:0", service, "--relay"]);
+    let mut cmd = sat_cmd(["forward", "127.0.0.1:0", service, "--via"]);
     cmd.arg(relay.to_string()).arg("--ca").arg(ca);
     let forward = Proc::spawn("forward", cmd)?;
     let local = forward
@@ -441,7 +449,7 @@ pub async fn sat_forward(
 
 /// `sat connect SERVICE --relay ADDR --ca CA`, stdin and stdout piped: the tunnel's two ends.
 pub fn sat_connect(service: &str, relay: SocketAddr, ca: &Path) -> Result<Proc> {
-    let mut cmd = sat_cmd(["connect", service, "--relay", &relay.to_string(), "--ca"]);
+    let mut cmd = sat_cmd(["connect", service, "--via", &relay.to_string(), "--ca"]);
     cmd.arg(ca);
     Proc::spawn_piped(&format!("connect {service}"), cmd)
 }
