@@ -88,6 +88,9 @@ sat admin token revoke 3f2a9c0d1e4b5a6f"
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
+    /// Show the routing table relays run on: round trips between relays (from their probes)
+    /// and, per client network, the round trips its clients reported (medians).
+    Routing,
 }
 
 #[derive(Subcommand)]
@@ -408,6 +411,14 @@ impl AdminCommand {
                 print!("{}", audit_table(&entries));
                 Ok(())
             }
+            Self::Routing => {
+                let routing = client.routing().await?;
+                if json {
+                    return print_json(&routing);
+                }
+                print!("{}", routing_tables(&routing));
+                Ok(())
+            }
         }
     }
 }
@@ -572,6 +583,29 @@ fn audit_table(entries: &[AuditView]) -> String {
         })
         .collect();
     render(&["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"], rows)
+}
+
+fn routing_tables(routing: &sat_proto::control::RoutingTable) -> String {
+    let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
+    let peers = routing
+        .peers
+        .iter()
+        .map(|p| vec![p.a.clone(), p.b.clone(), ms(p.rtt_us)])
+        .collect();
+    let networks = routing
+        .networks
+        .iter()
+        .flat_map(|n| {
+            n.rtts
+                .iter()
+                .map(|r| vec![n.network.clone(), r.relay.clone(), ms(r.rtt_us)])
+        })
+        .collect();
+    format!(
+        "{}\n{}",
+        render(&["RELAY", "RELAY", "RTT"], peers),
+        render(&["CLIENT NETWORK", "RELAY", "RTT"], networks)
+    )
 }
 
 #[cfg(test)]

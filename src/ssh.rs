@@ -105,7 +105,10 @@ mod tests {
 
     #[test]
     fn options_go_before_the_host_and_the_command_after() {
-        assert_eq!(split(&["-v", "-L", "8080:x:80", "-p22", "uptime", "-a"]), (4, 4));
+        assert_eq!(
+            split(&["-v", "-L", "8080:x:80", "-p22", "uptime", "-a"]),
+            (4, 4)
+        );
         // `--` ends the options and is dropped.
         assert_eq!(split(&["-vo", "BatchMode=yes", "--", "-x"]), (2, 3));
         assert_eq!(split(&["-L"]), (1, 1));

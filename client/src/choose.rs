@@ -210,6 +210,9 @@ impl Chooser {
         }
         let order = self.decide(&infos, &results);
         self.save();
+        if let Some(first) = order.first() {
+            self.report(first, &infos, &results);
+        }
         Ok(order)
     }
 
@@ -267,6 +270,36 @@ impl Chooser {
         }
         order.truncate(ROUTE_LEN);
         order
+    }
+
+    /// Tells `relay` what this probe round measured, for the control plane's routing table
+    /// (geo DNS answers for this network then use it). Best effort: a failure is logged only.
+    fn report(&self, relay: &str, infos: &[RelayInfo], results: &[Result<Duration, String>]) {
+        let rtts: BTreeMap<&str, u64> = infos
+            .iter()
+            .zip(results)
+            .filter_map(|(i, r)| Some((i.name.as_str(), r.as_ref().ok()?.as_micros() as u64)))
+            .collect();
+        let Some(known) = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.relays.get(relay).cloned())
+        else {
+            return;
+        };
+        if rtts.is_empty() {
+            return;
+        }
+        let body = serde_json::json!({ "rtts": rtts }).to_string();
+        let url = format!("https://{}/api/rtt-report", known.dial);
+        let (prober, relay) = (self.prober.clone(), relay.to_owned());
+        tokio::spawn(async move {
+            match prober.post(&url, body.as_bytes()).await {
+                Ok(()) => debug!(%relay, "round trips reported"),
+                Err(e) => debug!(%relay, "cannot report round trips: {e}"),
+            }
+        });
     }
 
     /// The order the cache (or the last probe) gives: the current relay, then the others by

@@ -10,13 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use sat_geo::rank::{self, Candidate, Client, Ranked};
 use sat_proto::control::{RelayInfo, RelayState};
-use sat_transport::tls;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+use sat_transport::{latency, tls};
 use tokio_rustls::TlsConnector;
 
 use crate::ClientError;
@@ -84,9 +80,16 @@ impl Prober {
     }
 
     async fn relay_map_from(&self, relay: &str) -> Result<Vec<RelayInfo>, String> {
-        let body = fetch(&self.tls, "https", relay, "/api/relays").await?;
+        let body = latency::get(&self.tls, relay, "/api/relays", PROBE_TIMEOUT * 2).await?;
         let map: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         serde_json::from_value(map["relays"].clone()).map_err(|e| e.to_string())
+    }
+
+    /// POSTs a JSON `body` to `url` (on a relay, so trusted with the same CA).
+    pub async fn post(&self, url: &str, body: &[u8]) -> Result<(), String> {
+        latency::post_json(&self.tls, url, body, PROBE_TIMEOUT)
+            .await
+            .map(|_| ())
     }
 
     /// Times every relay that is up, in parallel: the fastest of a few round trips each, or
@@ -94,7 +97,9 @@ impl Prober {
     pub async fn time_all(&self, infos: &[RelayInfo]) -> Vec<Result<Duration, String>> {
         let probes = infos.iter().map(|info| async move {
             match (&info.latency_url, info.state) {
-                (Some(url), RelayState::Up) => time(&self.tls, url).await,
+                (Some(url), RelayState::Up) => {
+                    latency::time(&self.tls, url, SAMPLES, PROBE_TIMEOUT).await
+                }
                 (None, _) => Err("announces no latency check".into()),
                 _ => Err("not up".into()),
             }
@@ -167,112 +172,6 @@ fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) ->
         });
     }
     out
-}
-
-/// The fastest of [`SAMPLES`] round trips to `url` on one connection.
-async fn time(tls: &TlsConnector, url: &str) -> Result<Duration, String> {
-    let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let work = async {
-        let mut conn = connect(tls, scheme, authority).await?;
-        let mut best = Duration::MAX;
-        for _ in 0..SAMPLES {
-            let sent = Instant::now();
-            request(&mut conn, authority, path).await?;
-            best = best.min(sent.elapsed());
-        }
-        Ok(best)
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")))
-}
-
-trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
-async fn connect(
-    tls: &TlsConnector,
-    scheme: &str,
-    authority: &str,
-) -> Result<BufReader<Box<dyn Conn>>, String> {
-    let tcp = TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("connect {authority}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let stream: Box<dyn Conn> = match scheme {
-        "https" => {
-            let host = authority
-                .rsplit_once(':')
-                .map_or(authority, |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-            Box::new(
-                tls.connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?,
-            )
-        }
-        "http" => Box::new(tcp),
-        other => return Err(format!("unknown scheme {other}")),
-    };
-    Ok(BufReader::new(stream))
-}
-
-/// One GET on a kept-alive connection; returns the body.
-async fn request(
-    conn: &mut BufReader<Box<dyn Conn>>,
-    authority: &str,
-    path: &str,
-) -> Result<String, String> {
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: sat\r\n\r\n");
-    conn.get_mut()
-        .write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut status = String::new();
-    conn.read_line(&mut status)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !status.starts_with("HTTP/1.1 2") {
-        return Err(format!("answered {}", status.trim()));
-    }
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        conn.read_line(&mut line).await.map_err(|e| e.to_string())?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().map_err(|_| "bad content-length")?;
-            }
-        }
-    }
-    let mut body = vec![0u8; length.min(16 << 20)];
-    conn.read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    String::from_utf8(body).map_err(|e| e.to_string())
-}
-
-/// `GET scheme://authority/path` on a connection of its own.
-async fn fetch(
-    tls: &TlsConnector,
-    scheme: &str,
-    authority: &str,
-    path: &str,
-) -> Result<String, String> {
-    let work = async {
-        let mut conn = connect(tls, scheme, authority).await?;
-        request(&mut conn, authority, path).await
-    };
-    tokio::time::timeout(PROBE_TIMEOUT * 2, work)
-        .await
-        .unwrap_or_else(|_| Err("no answer".into()))
 }
 
 #[cfg(test)]

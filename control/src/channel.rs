@@ -71,8 +71,14 @@ pub(crate) async fn run(
                     if std::mem::take(&mut missed) {
                         info!("heartbeats resumed");
                     }
-                    // Echo it, so the relay knows this uplink is alive end to end.
-                    let echo = Heartbeat { rtt_us: conn.rtt().as_micros() as u64, ..hb.clone() };
+                    // Echo it, so the relay knows this uplink is alive end to end (the
+                    // measurements stay here).
+                    let echo = Heartbeat {
+                        rtt_us: conn.rtt().as_micros() as u64,
+                        peer_rtts: Vec::new(),
+                        client_rtts: Vec::new(),
+                        ..hb.clone()
+                    };
                     shared.registry.heartbeat(cert_name, conn, hb);
                     write(&mut send, &Frame::Heartbeat(echo)).await?;
                 }

@@ -20,6 +20,7 @@ mod http;
 pub mod pki;
 mod publish;
 mod registry;
+mod routing;
 mod secrets;
 mod server;
 mod services;

@@ -2,7 +2,7 @@
 //!
 //! A snapshot is built from the store (services, relays, signing keys, revocations) and the
 //! registry (which relays are up). The publisher rebuilds it when an admin change wakes it,
-//! and checks relay health four times a second, so that a relay going silent for 3 s, or
+//! and checks relay health four times a second, so that a relay going silent for 2 s, or
 //! coming back, reaches every relay within a second. Each new snapshot gets the next
 //! generation from the store, so generations keep growing across restarts.
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sat_proto::access::VerifyKey;
-use sat_proto::control::{ConfigPush, RelayInfo, RelayState};
+use sat_proto::control::{ConfigPush, RelayInfo, RelayState, RoutingTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::services::ServiceTable;
 use crate::store::{RelayAdminState, RelayRecord, ServiceRecord, Store, StoreError};
 
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
-/// Round trips and loads in the pushed map are at most this old.
+/// Round trips, loads and the routing table in the pushed map are at most this old.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// What the control channels push and the stream handlers dial by.
@@ -50,7 +50,12 @@ impl Sources {
         })
     }
 
-    pub(crate) fn snapshot(&self, generation: u64, relays: Vec<RelayInfo>) -> Snapshot {
+    pub(crate) fn snapshot(
+        &self,
+        generation: u64,
+        relays: Vec<RelayInfo>,
+        routing: RoutingTable,
+    ) -> Snapshot {
         let services = ServiceTable::from_records(&self.services);
         let push = ConfigPush {
             generation,
@@ -58,6 +63,7 @@ impl Sources {
             relays,
             access_keys: self.keys.clone(),
             revoked_tokens: self.revoked.clone(),
+            routing,
         };
         Snapshot { services, push }
     }
@@ -161,7 +167,8 @@ pub(crate) async fn run(
         }
         published = now;
         last_publish = tokio::time::Instant::now();
-        tx.send_replace(Arc::new(sources.snapshot(generation, relays)));
+        let routing = shared.registry.routing_table();
+        tx.send_replace(Arc::new(sources.snapshot(generation, relays, routing)));
         for w in waiting.drain(..) {
             let _ = w.send(generation);
         }

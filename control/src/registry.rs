@@ -7,9 +7,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use quinn::Connection;
-use sat_proto::control::{Heartbeat, Hello, Location};
+use sat_proto::control::{Heartbeat, Hello, Location, PeerRtt, RoutingTable};
 use sat_proto::liveness::HEARTBEAT_TIMEOUT;
 use tokio::time::Instant;
+
+use crate::routing::{self, ClientRtts};
 
 /// A relay's health as its uplinks show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ struct Live {
 #[derive(Default)]
 pub struct Registry {
     relays: Mutex<HashMap<String, Live>>,
+    /// What clients reported to relays, per network.
+    client_rtts: Mutex<ClientRtts>,
 }
 
 impl Registry {
@@ -84,7 +88,13 @@ impl Registry {
         );
     }
 
-    pub fn heartbeat(&self, relay: &str, conn: &Connection, beat: Heartbeat) {
+    pub fn heartbeat(&self, relay: &str, conn: &Connection, mut beat: Heartbeat) {
+        let reports = std::mem::take(&mut beat.client_rtts);
+        if !reports.is_empty() {
+            if let Ok(mut c) = self.client_rtts.lock() {
+                c.add(reports, Instant::now());
+            }
+        }
         let mut relays = self.lock();
         if let Some(up) = relays
             .get_mut(relay)
@@ -156,6 +166,28 @@ impl Registry {
             user_connections: latest.map_or(0, |b| b.user_connections),
             load: latest.map(|b| b.load),
         })
+    }
+
+    /// The routing table as of now: relay-to-relay round trips from each relay's latest
+    /// heartbeat, and the clients' reports.
+    pub fn routing_table(&self) -> RoutingTable {
+        let peers: Vec<(String, Vec<PeerRtt>)> = self
+            .lock()
+            .iter()
+            .filter_map(|(name, live)| {
+                let latest = live
+                    .uplinks
+                    .values()
+                    .filter_map(|u| u.beat.as_ref())
+                    .max_by_key(|b| b.seq)?;
+                Some((name.clone(), latest.peer_rtts.clone()))
+            })
+            .collect();
+        let links = routing::peer_links(&peers);
+        match self.client_rtts.lock() {
+            Ok(clients) => routing::table(links, &clients),
+            Err(_) => routing::table(links, &ClientRtts::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {

@@ -146,7 +146,11 @@ pub async fn run(
     let registry = Registry::default();
     let sources = Sources::load(&store, signer.verify_keys()).await?;
     let generation = store.bump_generation().await?;
-    let first = sources.snapshot(generation, sources.relays(&registry));
+    let first = sources.snapshot(
+        generation,
+        sources.relays(&registry),
+        registry.routing_table(),
+    );
     info!(
         name = %config.control.name,
         services = first.services.len(),

@@ -103,10 +103,39 @@ pub struct Heartbeat {
     /// How busy the relay is, from 0.0 (idle) to 1.0 (full); 0.0 when it cannot tell.
     #[serde(default, deserialize_with = "lenient_load")]
     pub load: f32,
-    /// The relay's round trips to other relays. Empty for now; the field exists so that relays
-    /// can start reporting without a protocol change.
+    /// The relay's round trips to the other relays, from its own probes of their latency
+    /// checks (the latest figure for each).
     #[serde(default)]
     pub peer_rtts: Vec<PeerRtt>,
+    /// Round trips that clients reported to this relay since its last heartbeat, per client
+    /// network (an IPv4 /24 or IPv6 /48 written as `81.2.69.0/24`).
+    #[serde(default)]
+    pub client_rtts: Vec<NetworkRtts>,
+}
+
+/// Clients' round trips to relays from one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRtts {
+    pub network: String,
+    pub rtts: Vec<PeerRtt>,
+}
+
+/// The measured side of routing, as the control plane aggregates it for relays' geo DNS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    /// Round trips between relays: each pair once.
+    #[serde(default)]
+    pub peers: Vec<PeerLink>,
+    /// Per client network, the typical round trip its clients reported to each relay.
+    #[serde(default)]
+    pub networks: Vec<NetworkRtts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLink {
+    pub a: String,
+    pub b: String,
+    pub rtt_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +187,9 @@ pub struct ConfigPush {
     /// Ids (`jti`) of revoked access tokens that have not expired yet.
     #[serde(default)]
     pub revoked_tokens: Vec<String>,
+    /// Measured round trips between relays and from client networks.
+    #[serde(default)]
+    pub routing: RoutingTable,
 }
 
 /// A relay as other relays and clients see it.
@@ -444,6 +476,13 @@ mod tests {
                     relay: "relay-us-1".into(),
                     rtt_us: 80_000,
                 }],
+                client_rtts: vec![NetworkRtts {
+                    network: "81.2.69.0/24".into(),
+                    rtts: vec![PeerRtt {
+                        relay: "relay-eu-1".into(),
+                        rtt_us: 9_000,
+                    }],
+                }],
             }),
             Frame::ConfigPush(ConfigPush {
                 generation: 4,
@@ -488,6 +527,14 @@ mod tests {
                     public: [7; 32],
                 }],
                 revoked_tokens: vec!["0123456789abcdef".into()],
+                routing: RoutingTable {
+                    peers: vec![PeerLink {
+                        a: "relay-eu-1".into(),
+                        b: "relay-us-1".into(),
+                        rtt_us: 80_000,
+                    }],
+                    networks: vec![],
+                },
             }),
             Frame::Drain(Drain {
                 reason: "sigterm".into(),

@@ -6,8 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Twice a second: geo DNS must stop handing out a dead relay within 3 s, and the timeout
+/// below plus a publish has to fit in that.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// Four heartbeats missed in a row: one lost packet, or a slow second, does not take a relay
+/// out of rotation.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The receiving side's view: when did the peer last speak?
 #[derive(Debug, Clone)]
@@ -75,15 +79,18 @@ impl HeartbeatSchedule {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn peer_is_gone_after_timeout_without_heartbeats() {
         let t0 = Instant::now();
         let mut l = Liveness::new(t0, HEARTBEAT_TIMEOUT);
-        assert!(l.is_alive(t0 + Duration::from_millis(2999)));
+        assert!(l.is_alive(t0 + HEARTBEAT_TIMEOUT - MS));
         assert!(!l.is_alive(t0 + HEARTBEAT_TIMEOUT));
-        l.heard(t0 + Duration::from_secs(2));
-        assert!(l.is_alive(t0 + Duration::from_millis(4999)));
-        assert!(!l.is_alive(t0 + Duration::from_secs(5)));
+        let later = t0 + Duration::from_secs(2);
+        l.heard(later);
+        assert!(l.is_alive(later + HEARTBEAT_TIMEOUT - MS));
+        assert!(!l.is_alive(later + HEARTBEAT_TIMEOUT));
     }
 
     #[test]
@@ -91,7 +98,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Liveness::new(t0 + Duration::from_secs(10), HEARTBEAT_TIMEOUT);
         l.heard(t0);
-        assert_eq!(l.deadline(), t0 + Duration::from_secs(13));
+        assert_eq!(l.deadline(), t0 + Duration::from_secs(10) + HEARTBEAT_TIMEOUT);
     }
 
     #[test]
@@ -99,9 +106,18 @@ mod tests {
         let t0 = Instant::now();
         let mut s = HeartbeatSchedule::new(t0, HEARTBEAT_INTERVAL);
         assert_eq!(s.poll(t0), None);
-        assert_eq!(s.poll(t0 + Duration::from_secs(5)), Some(1));
-        assert_eq!(s.poll(t0 + Duration::from_secs(5)), None);
-        assert_eq!(s.deadline(), t0 + Duration::from_secs(6));
-        assert_eq!(s.poll(t0 + Duration::from_secs(6)), Some(2));
+        let late = t0 + HEARTBEAT_INTERVAL * 10;
+        assert_eq!(s.poll(late), Some(1));
+        assert_eq!(s.poll(late), None);
+        assert_eq!(s.deadline(), late + HEARTBEAT_INTERVAL);
+        assert_eq!(s.poll(late + HEARTBEAT_INTERVAL), Some(2));
+    }
+
+    #[test]
+    fn a_dead_relay_is_noticed_with_time_to_spare_for_geo_dns() {
+        // Geo DNS must drop a dead relay within 3 s: the timeout, plus the publisher's
+        // quarter-second health tick, plus a push, must fit.
+        assert!(HEARTBEAT_TIMEOUT + Duration::from_millis(500) < Duration::from_secs(3));
+        assert!(HEARTBEAT_TIMEOUT >= HEARTBEAT_INTERVAL * 4);
     }
 }

@@ -66,6 +66,48 @@ pub async fn handle(
 
 type Refusal = (StatusCode, String);
 
+/// `POST /api/rtt-report`: a client's round trips to relays; see [`crate::measure`].
+async fn rtt_report(
+    req: Request<Incoming>,
+    relay: &Arc<Relay>,
+    routes: &crate::routes::Routes,
+    origin: Origin,
+) -> Result<Response<Body>, Refusal> {
+    use crate::measure::MAX_REPORT_BYTES;
+    if req.method() != Method::POST {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "send reports with POST".into(),
+        ));
+    }
+    if req.body().size_hint().lower() > MAX_REPORT_BYTES as u64 {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a report is at most {MAX_REPORT_BYTES} bytes"),
+        ));
+    }
+    let body = http_body_util::Limited::new(req.into_body(), MAX_REPORT_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the report: {e}"),
+            )
+        })?
+        .to_bytes();
+    let known: Vec<&str> = routes.relays().iter().map(|r| r.name.as_str()).collect();
+    match relay.measurements.report(origin.peer.ip(), &body, &known) {
+        Ok(n) => {
+            debug!(client = %origin.peer, figures = n, "round trips reported");
+            let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            Ok(resp)
+        }
+        Err(e) => Err((StatusCode::BAD_REQUEST, e)),
+    }
+}
+
 async fn route(
     mut req: Request<Incoming>,
     relay: &Arc<Relay>,
@@ -85,6 +127,9 @@ async fn route(
     ))?;
     let Some(service) = routes.by_host(&host).map(str::to_owned) else {
         // A Host that is no service's: the relay's own address, and its own endpoints.
+        if req.uri().path() == crate::measure::REPORT_PATH {
+            return rtt_report(req, relay, &routes, origin).await;
+        }
         return crate::public::answer(&req, &routes).ok_or((
             StatusCode::NOT_FOUND,
             format!("no service for host \"{host}\""),

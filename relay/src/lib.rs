@@ -22,6 +22,7 @@ mod http;
 mod identity;
 mod listen;
 mod load;
+mod measure;
 mod pool;
 mod public;
 mod relay;
@@ -157,6 +158,7 @@ pub async fn run(
         let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
         listeners.spawn(tcp::serve(listener, service, relay.clone(), stop.clone()));
     }
+    background.spawn(measure::probe_peers(relay.clone(), stop_background.clone()));
     if let (Some((udp, tcp)), Some(dns)) = (sockets.dns, &config.dns) {
         let geoip = sat_geo::geoip::GeoIp::open(&dns.geoip).map_err(RelayError::Geo)?;
         let (table_tx, table) = watch::channel(Arc::new(DnsTable::default()));

@@ -38,6 +38,8 @@ pub struct Relay {
     refusal: std::sync::Mutex<Option<String>>,
     /// Bumped when the relay's certificate is renewed; uplinks then reconnect with it.
     pub cert_epoch: watch::Sender<u64>,
+    /// Round trips to other relays, and clients' reports, for the next heartbeat.
+    pub measurements: crate::measure::Measurements,
 }
 
 impl Relay {
@@ -58,6 +60,7 @@ impl Relay {
             latency_url: None,
             load: crate::load::LoadMeter::default(),
             refusal: std::sync::Mutex::new(None),
+            measurements: crate::measure::Measurements::default(),
             cert_epoch: watch::channel(0).0,
         }
     }
@@ -150,8 +153,8 @@ impl Relay {
             generation,
             draining: self.draining.is_cancelled(),
             load: self.load.sample(),
-            // Relay-to-relay probes arrive with geo routing.
-            peer_rtts: Vec::new(),
+            peer_rtts: self.measurements.peer_rtts(),
+            client_rtts: self.measurements.take_client_rtts(),
         }
     }
 

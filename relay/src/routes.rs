@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sat_proto::access::{self, AccessError, VerifyKey};
-use sat_proto::control::{Access, ConfigPush, RelayInfo, RelayState};
+use sat_proto::control::{Access, ConfigPush, RelayInfo, RelayState, RoutingTable};
 use sat_proto::stream::StreamKind;
 
 #[derive(Debug, Default)]
@@ -20,6 +20,8 @@ pub struct Routes {
     revoked: HashSet<String>,
     /// The network's relays, as the control plane lists them.
     relays: Vec<RelayInfo>,
+    /// Measured round trips between relays and from client networks, for geo DNS.
+    pub routing: RoutingTable,
 }
 
 impl Routes {
@@ -40,6 +42,7 @@ impl Routes {
         routes.access_keys.clone_from(&push.access_keys);
         routes.revoked = push.revoked_tokens.iter().cloned().collect();
         routes.relays.clone_from(&push.relays);
+        routes.routing.clone_from(&push.routing);
         routes
     }
 

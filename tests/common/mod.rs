@@ -403,6 +403,20 @@ pub fn signal(pid: i32, sig: i32) -> Result<()> {
     }
 }
 
+/// A port free for both TCP and UDP on 127.0.0.1 (a relay's HTTPS and QUIC share one), found
+/// by binding and letting go: another process could take it in between, which on a test
+/// machine does not happen in practice.
+pub fn free_port_pair() -> Result<SocketAddr> {
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = tcp.local_addr()?;
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    anyhow::bail!("no port free for both TCP and UDP")
+}
+
 /// Where `sat` remembers its choice of relay during this test process.
 pub fn test_cache_dir() -> PathBuf {
     std::env::temp_dir().join(format!("sat-test-cache-{}", std::process::id()))
@@ -643,6 +657,8 @@ pub struct RelayOpts {
     pub location: Option<(f64, f64)>,
     /// The body of a `[dns]` section (its `listen` is added: 127.0.0.1:0).
     pub dns: Option<String>,
+    /// `[https] listen`; 127.0.0.1:0 when `None`.
+    pub https_listen: Option<SocketAddr>,
 }
 
 impl Default for RelayOpts {
@@ -662,6 +678,7 @@ impl Default for RelayOpts {
             public_addresses: vec![],
             location: None,
             dns: None,
+            https_listen: None,
         }
     }
 }
@@ -694,8 +711,11 @@ pub fn relay_toml(name: &str, control: &[SocketAddr], opts: &RelayOpts) -> Strin
         opts.uplinks,
     ));
     if opts.https {
+        let listen = opts
+            .https_listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         s.push_str(&format!(
-            "\n[https]\nlisten = \"127.0.0.1:0\"\ncert = \"{name}-https.pem\"\n\
+            "\n[https]\nlisten = \"{listen}\"\ncert = \"{name}-https.pem\"\n\
              key = \"{name}-https-key.pem\"\nquic = {}\n",
             opts.quic
         ));

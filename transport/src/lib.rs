@@ -17,6 +17,7 @@ pub mod files;
 pub mod header;
 pub mod http;
 pub mod io;
+pub mod latency;
 pub mod pin;
 pub mod splice;
 pub mod tls;

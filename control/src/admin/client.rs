@@ -169,6 +169,11 @@ impl AdminClient {
             .await
     }
 
+    /// `GET /v1/routing`: the routing table as last pushed to relays.
+    pub async fn routing(&self) -> Result<sat_proto::control::RoutingTable, ControlError> {
+        self.call(Method::GET, "/v1/routing", None).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

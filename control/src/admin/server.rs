@@ -176,6 +176,9 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Result<Reply, Refusal
             ok(revoke_access_token(shared, &actor, &id).await?)
         }
         (&Method::GET, ["audit"]) => ok(audit(shared, &query).await?),
+        // The routing table as last pushed to relays: relay-to-relay round trips and what
+        // clients reported per network.
+        (&Method::GET, ["routing"]) => ok(shared.snapshot.borrow().push.routing.clone()),
         _ => Err(not_found(format!("no such endpoint: {method} {path}"))),
     }
 }

@@ -1,0 +1,234 @@
+//! What a relay measures for routing, and what clients tell it, until the next heartbeat
+//! carries it to the control plane.
+//!
+//! - Round trips to the other relays: every [`PROBE_EVERY`], the relay times each other relay
+//!   that is up, the way clients do (`sat_transport::latency`: its latency check on a kept-alive
+//!   connection, the fastest of a few). Each heartbeat carries the latest figures.
+//! - Clients' round trips: `POST /api/rtt-report` with `{"rtts": {"relay-name": microseconds}}`,
+//!   which `sat connect` and `sat forward` send to their chosen relay after probing. The relay
+//!   files each report under the client's network (its address's /24, or /48 for IPv6), never
+//!   the address itself, and sends what piled up with the next heartbeat.
+//!
+//! Reports are checked, not trusted: names must be relays of the map, figures between 1 µs and
+//! [`MAX_RTT`], and a relay holds at most [`MAX_NETWORKS`] networks between heartbeats. A
+//! client can only skew the figures of its own network.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sat_proto::control::{NetworkRtts, PeerRtt, RelayState};
+use sat_transport::latency;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::relay::Relay;
+
+pub const REPORT_PATH: &str = "/api/rtt-report";
+/// How often a relay times the others.
+pub const PROBE_EVERY: Duration = Duration::from_secs(10);
+const PROBE_SAMPLES: usize = 4;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest round trip a report may claim.
+pub const MAX_RTT: Duration = Duration::from_secs(10);
+/// Networks held between two heartbeats; reports from more are dropped.
+pub const MAX_NETWORKS: usize = 4096;
+/// The largest report body read.
+pub const MAX_REPORT_BYTES: usize = 8 << 10;
+
+#[derive(Default)]
+pub struct Measurements {
+    /// The latest round trip to each other relay.
+    peers: Mutex<BTreeMap<String, Duration>>,
+    /// Clients' reports since the last heartbeat: network → relay → round trip (the latest).
+    reports: Mutex<HashMap<String, BTreeMap<String, u64>>>,
+}
+
+impl Measurements {
+    pub fn peer_rtts(&self) -> Vec<PeerRtt> {
+        let Ok(peers) = self.peers.lock() else {
+            return Vec::new();
+        };
+        peers
+            .iter()
+            .map(|(relay, rtt)| PeerRtt {
+                relay: relay.clone(),
+                rtt_us: rtt.as_micros() as u64,
+            })
+            .collect()
+    }
+
+    /// The reports gathered since the last call.
+    pub fn take_client_rtts(&self) -> Vec<NetworkRtts> {
+        let Ok(mut reports) = self.reports.lock() else {
+            return Vec::new();
+        };
+        reports
+            .drain()
+            .map(|(network, rtts)| NetworkRtts {
+                network,
+                rtts: rtts
+                    .into_iter()
+                    .map(|(relay, rtt_us)| PeerRtt { relay, rtt_us })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Files a client's report; `known` are the relay map's names. Returns how many figures
+    /// were taken, or why none was.
+    pub fn report(&self, client: IpAddr, body: &[u8], known: &[&str]) -> Result<usize, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Report {
+            rtts: BTreeMap<String, u64>,
+        }
+        let report: Report =
+            serde_json::from_slice(body).map_err(|e| format!("not a report: {e}"))?;
+        let max = MAX_RTT.as_micros() as u64;
+        let rtts: BTreeMap<String, u64> = report
+            .rtts
+            .into_iter()
+            .filter(|(relay, rtt)| known.contains(&relay.as_str()) && (1..=max).contains(rtt))
+            .collect();
+        if rtts.is_empty() {
+            return Err("no figure for a known relay within 1 µs to 10 s".into());
+        }
+        let taken = rtts.len();
+        let network = network_of(client);
+        let mut reports = self.reports.lock().map_err(|_| "poisoned".to_string())?;
+        if reports.len() >= MAX_NETWORKS && !reports.contains_key(&network) {
+            return Err("too many reports; try later".into());
+        }
+        reports.entry(network).or_default().extend(rtts);
+        Ok(taken)
+    }
+}
+
+/// The client network a report is filed under: the address's /24 (IPv4) or /48 (IPv6).
+pub fn network_of(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+            format!("{prefix}/48")
+        }
+    }
+}
+
+/// Times the other relays every [`PROBE_EVERY`] until `stop`.
+pub async fn probe_peers(relay: Arc<Relay>, stop: CancellationToken) {
+    let tls = TlsConnector::from(Arc::new(latency::timing_only_client_config()));
+    loop {
+        let targets: Vec<(String, String)> = relay
+            .routes()
+            .map(|r| {
+                r.relays()
+                    .iter()
+                    .filter(|i| i.name != relay.name && i.state == RelayState::Up)
+                    .filter_map(|i| Some((i.name.clone(), i.latency_url.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let probes = targets.iter().map(|(name, url)| {
+            let tls = &tls;
+            async move {
+                let rtt = latency::time(tls, url, PROBE_SAMPLES, PROBE_TIMEOUT).await;
+                (name.clone(), rtt)
+            }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        let mut fresh = BTreeMap::new();
+        for (name, result) in results {
+            match result {
+                Ok(rtt) => {
+                    fresh.insert(name, rtt);
+                }
+                Err(e) => debug!(peer = %name, "cannot time relay: {e}"),
+            }
+        }
+        if let Ok(mut peers) = relay.measurements.peers.lock() {
+            *peers = fresh;
+        }
+        // Until the first relay map arrives there is nothing to time; look again soon.
+        let wait = if targets.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            PROBE_EVERY
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_filed_by_network_and_checked() {
+        let m = Measurements::default();
+        let known = ["eu", "us"];
+        let ip: IpAddr = "81.2.69.142".parse().unwrap();
+        assert_eq!(
+            m.report(
+                ip,
+                br#"{"rtts": {"eu": 12000, "us": 0, "mars": 5}}"#,
+                &known
+            ),
+            Ok(1)
+        );
+        assert!(m
+            .report(ip, br#"{"rtts": {"us": 99000000}}"#, &known)
+            .is_err());
+        assert!(m.report(ip, b"garbage", &known).is_err());
+        assert!(m
+            .report(ip, br#"{"rtts": {}, "extra": 1}"#, &known)
+            .is_err());
+        let v6: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        m.report(v6, br#"{"rtts": {"us": 40000}}"#, &known).unwrap();
+
+        let mut taken = m.take_client_rtts();
+        taken.sort_by(|a, b| a.network.cmp(&b.network));
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].network, "2001:db8:1::/48");
+        assert_eq!(taken[1].network, "81.2.69.0/24");
+        assert_eq!(
+            taken[1].rtts,
+            vec![PeerRtt {
+                relay: "eu".into(),
+                rtt_us: 12000
+            }]
+        );
+        assert!(m.take_client_rtts().is_empty(), "taking empties the pile");
+    }
+
+    #[test]
+    fn networks_are_bounded() {
+        let m = Measurements::default();
+        for i in 0..MAX_NETWORKS as u32 {
+            let ip = IpAddr::from((10u32 << 24 | i << 8).to_be_bytes());
+            m.report(ip, br#"{"rtts": {"eu": 1000}}"#, &["eu"]).unwrap();
+        }
+        let one_more: IpAddr = "11.0.0.1".parse().unwrap();
+        assert!(m
+            .report(one_more, br#"{"rtts": {"eu": 1000}}"#, &["eu"])
+            .is_err());
+        // A network already held still takes reports.
+        assert!(m
+            .report(
+                "10.0.0.9".parse().unwrap(),
+                br#"{"rtts": {"eu": 900}}"#,
+                &["eu"]
+            )
+            .is_ok());
+    }
+}
