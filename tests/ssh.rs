@@ -198,3 +198,43 @@ async fn openssh_through_a_relay_tcp_port() -> Result<()> {
     hello_and_bulk(&sshd.key, &route).await?;
     Ok(())
 }
+
+/// `sat ssh [user@]SERVICE -- OPTIONS COMMAND`: OpenSSH's own client, through the relay the
+/// client chooses, with options and a remote command passed through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sat_ssh_runs_openssh_through_the_chosen_relay() -> Result<()> {
+    let sshd = start_sshd().await?;
+    let mut net = Net::start(vec![Service::tcp("ssh", sshd.addr)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+
+    let target = if is_root() { "root@ssh" } else { "ssh" };
+    let mut cmd = sat_cmd(["ssh", target, "--relay", &relay.https()?.to_string(), "--ca"]);
+    cmd.arg(net.ca())
+        .args(["--", "-F", "/dev/null", "-i"])
+        .arg(&sshd.key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "echo",
+            "hello from",
+            "sat ssh",
+        ]);
+    let (status, out, err) = run(cmd, Duration::from_secs(60)).await?;
+    ensure!(status.success(), "sat ssh: {status}; stderr:\n{err}");
+    ensure!(out == "hello from sat ssh\n", "printed {out:?}; stderr:\n{err}");
+
+    // A service that is not there: ssh reports the tunnel's refusal and fails.
+    let mut cmd = sat_cmd(["ssh", "nope", "--relay", &relay.https()?.to_string(), "--ca"]);
+    cmd.arg(net.ca())
+        .args(["--", "-F", "/dev/null", "-o", "BatchMode=yes", "true"]);
+    let (status, _, err) = run(cmd, Duration::from_secs(30)).await?;
+    ensure!(!status.success(), "sat ssh to a missing service succeeded");
+    ensure!(err.contains("unknown service"), "stderr:\n{err}");
+    Ok(())
+}
