@@ -208,7 +208,13 @@ async fn sat_ssh_runs_openssh_through_the_chosen_relay() -> Result<()> {
     let relay = net.relay(RelayOpts::default()).await?;
 
     let target = if is_root() { "root@ssh" } else { "ssh" };
-    let mut cmd = sat_cmd(["ssh", target, "--relay", &relay.https()?.to_string(), "--ca"]);
+    let mut cmd = sat_cmd([
+        "ssh",
+        target,
+        "--relay",
+        &relay.https()?.to_string(),
+        "--ca",
+    ]);
     cmd.arg(net.ca())
         .args(["--", "-F", "/dev/null", "-i"])
         .arg(&sshd.key)
@@ -227,10 +233,19 @@ async fn sat_ssh_runs_openssh_through_the_chosen_relay() -> Result<()> {
         ]);
     let (status, out, err) = run(cmd, Duration::from_secs(60)).await?;
     ensure!(status.success(), "sat ssh: {status}; stderr:\n{err}");
-    ensure!(out == "hello from sat ssh\n", "printed {out:?}; stderr:\n{err}");
+    ensure!(
+        out == "hello from sat ssh\n",
+        "printed {out:?}; stderr:\n{err}"
+    );
 
     // A service that is not there: ssh reports the tunnel's refusal and fails.
-    let mut cmd = sat_cmd(["ssh", "nope", "--relay", &relay.https()?.to_string(), "--ca"]);
+    let mut cmd = sat_cmd([
+        "ssh",
+        "nope",
+        "--relay",
+        &relay.https()?.to_string(),
+        "--ca",
+    ]);
     cmd.arg(net.ca())
         .args(["--", "-F", "/dev/null", "-o", "BatchMode=yes", "true"]);
     let (status, _, err) = run(cmd, Duration::from_secs(30)).await?;

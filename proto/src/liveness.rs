@@ -98,7 +98,10 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Liveness::new(t0 + Duration::from_secs(10), HEARTBEAT_TIMEOUT);
         l.heard(t0);
-        assert_eq!(l.deadline(), t0 + Duration::from_secs(10) + HEARTBEAT_TIMEOUT);
+        assert_eq!(
+            l.deadline(),
+            t0 + Duration::from_secs(10) + HEARTBEAT_TIMEOUT
+        );
     }
 
     #[test]

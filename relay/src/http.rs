@@ -104,7 +104,11 @@ async fn rtt_report(
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)
         }
-        Err(e) => Err((StatusCode::BAD_REQUEST, e)),
+        Err(crate::measure::ReportError::Malformed(e)) => Err((StatusCode::BAD_REQUEST, e)),
+        Err(crate::measure::ReportError::Full) => Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many reports right now; try again in a second".into(),
+        )),
     }
 }
 

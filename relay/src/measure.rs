@@ -79,14 +79,19 @@ impl Measurements {
 
     /// Files a client's report; `known` are the relay map's names. Returns how many figures
     /// were taken, or why none was.
-    pub fn report(&self, client: IpAddr, body: &[u8], known: &[&str]) -> Result<usize, String> {
+    pub fn report(
+        &self,
+        client: IpAddr,
+        body: &[u8],
+        known: &[&str],
+    ) -> Result<usize, ReportError> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Report {
             rtts: BTreeMap<String, u64>,
         }
-        let report: Report =
-            serde_json::from_slice(body).map_err(|e| format!("not a report: {e}"))?;
+        let report: Report = serde_json::from_slice(body)
+            .map_err(|e| ReportError::Malformed(format!("not a report: {e}")))?;
         let max = MAX_RTT.as_micros() as u64;
         let rtts: BTreeMap<String, u64> = report
             .rtts
@@ -94,17 +99,29 @@ impl Measurements {
             .filter(|(relay, rtt)| known.contains(&relay.as_str()) && (1..=max).contains(rtt))
             .collect();
         if rtts.is_empty() {
-            return Err("no figure for a known relay within 1 µs to 10 s".into());
+            return Err(ReportError::Malformed(
+                "no figure for a known relay within 1 µs to 10 s".into(),
+            ));
         }
         let taken = rtts.len();
         let network = network_of(client);
-        let mut reports = self.reports.lock().map_err(|_| "poisoned".to_string())?;
+        let Ok(mut reports) = self.reports.lock() else {
+            return Err(ReportError::Full);
+        };
         if reports.len() >= MAX_NETWORKS && !reports.contains_key(&network) {
-            return Err("too many reports; try later".into());
+            return Err(ReportError::Full);
         }
         reports.entry(network).or_default().extend(rtts);
         Ok(taken)
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReportError {
+    /// Not JSON of the right shape, or no usable figure in it.
+    Malformed(String),
+    /// The relay holds as many networks as it may until its next heartbeat.
+    Full,
 }
 
 /// The client network a report is filed under: the address's /24 (IPv4) or /48 (IPv6).
