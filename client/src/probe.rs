@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use sat_geo::rank::{self, Candidate, Client, Ranked};
+use sat_geo::rank::{self, Client, Relay, State};
+use sat_geo::Location;
 use sat_proto::control::{RelayInfo, RelayState};
 use sat_transport::tls;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -76,30 +77,28 @@ fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) ->
         .zip(&results)
         .filter_map(|(i, r)| r.as_ref().ok().map(|d| (i.name.clone(), *d)))
         .collect();
-    let candidates: Vec<Candidate<'_>> = infos
+    let relays: Vec<Relay> = infos
         .iter()
         .filter(|i| measured.contains_key(&i.name))
-        .map(|info| Candidate {
-            info,
-            load: info.load,
-        })
+        .map(geo_relay)
         .collect();
     let client = Client {
         location: None,
         measured: measured.clone(),
     };
-    let ranked: Vec<Ranked<'_>> = rank::rank(&client, &candidates);
-    let mut out: Vec<Probed> = ranked
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Probed {
+    let mut out: Vec<Probed> = Vec::with_capacity(infos.len());
+    for (i, r) in rank::rank(&client, &relays).iter().enumerate() {
+        let Some(info) = infos.iter().find(|info| info.name == r.relay.name) else {
+            continue;
+        };
+        out.push(Probed {
             rtt: measured.get(&r.relay.name).copied(),
             error: None,
             end_to_end: r.end_to_end(),
             rank: Some(i),
-            info: r.relay.clone(),
-        })
-        .collect();
+            info: info.clone(),
+        });
+    }
     for (info, result) in infos.into_iter().zip(results) {
         if out.iter().any(|p| p.info.name == info.name) {
             continue;
@@ -113,6 +112,26 @@ fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) ->
         });
     }
     out
+}
+
+/// A relay of the map as the ranking takes it.
+fn geo_relay(info: &RelayInfo) -> Relay {
+    Relay {
+        name: info.name.clone(),
+        region: info.region.clone(),
+        state: match info.state {
+            RelayState::Up => State::Up,
+            RelayState::Draining => State::Draining,
+            RelayState::Down => State::Down,
+        },
+        location: info.location.map(|l| Location {
+            lat: l.lat,
+            lon: l.lon,
+        }),
+        // 0 is the map's "not measured yet".
+        primary_rtt: (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us)),
+        load: info.load,
+    }
 }
 
 /// The fastest of [`SAMPLES`] round trips to `url` on one connection.

@@ -17,6 +17,9 @@
 //! - [`dns`]: the geo DNS server (hickory-server): authoritative for one zone, A/AAAA answers
 //!   with the best relays for the client's EDNS Client Subnet or address, over UDP and TCP.
 //!
+//! Inputs are geo's own types, not the wire protocol's: [`Location`], and the relays as
+//! [`rank::Relay`]. The callers convert what the control plane pushes into them.
+//!
 //! Errors: [`GeoError`], from opening a GeoIP database and from the DNS server's config and
 //! sockets; lookups and rankings do not fail.
 
@@ -25,6 +28,8 @@ mod error;
 pub mod geoip;
 pub mod hysteresis;
 pub mod latency;
+mod location;
 pub mod rank;
 
 pub use error::GeoError;
+pub use location::Location;

@@ -19,9 +19,8 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sat_proto::control::{Location, RelayInfo, RelayState};
-
 use crate::latency::estimated_rtt;
+use crate::Location;
 
 /// Load above which a relay is demoted: at 85% busy, queues start to add latency that the
 /// round trips measured a moment ago do not show yet, and the relay needs headroom for the
@@ -38,13 +37,33 @@ pub struct Client {
     pub measured: BTreeMap<String, Duration>,
 }
 
-/// A relay as the ranking sees it: its entry in the relay map, plus how busy it is (which the
-/// relay map does not carry; the control plane has it from heartbeats).
-#[derive(Debug, Clone, Copy)]
-pub struct Candidate<'a> {
-    pub info: &'a RelayInfo,
+/// A relay as the ranking sees it: what the relay map says of it, and how busy it is. The
+/// caller builds it from whatever it was told (the control plane's relay map, a heartbeat).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relay {
+    /// Unique among the relays; measurements are keyed by it.
+    pub name: String,
+    /// Not used by the ranking; carried for callers that pin a region.
+    pub region: String,
+    pub state: State,
+    /// Configured, or from GeoIP of its public address; `None` if neither is known.
+    pub location: Option<Location>,
+    /// Its round trip to the primary, as QUIC measures it; `None` until its first heartbeat
+    /// reports one.
+    pub primary_rtt: Option<Duration>,
     /// From 0.0 (idle) to 1.0 (full). A NaN counts as not overloaded.
     pub load: f32,
+}
+
+/// Whether a relay takes new users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Connected and taking new users.
+    Up,
+    /// Connected but taking no new users (drained by an operator, or shutting down).
+    Draining,
+    /// Not connected, or silent for too long.
+    Down,
 }
 
 /// The client's leg of the path, and where the figure comes from.
@@ -70,11 +89,8 @@ impl ClientRtt {
 /// One relay in the ranking, with the figures it was ranked by.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ranked<'a> {
-    pub relay: &'a RelayInfo,
+    pub relay: &'a Relay,
     pub client_rtt: ClientRtt,
-    /// The relay's round trip to the primary, as QUIC measures it; `None` until its first
-    /// heartbeat reports one.
-    pub primary_rtt: Option<Duration>,
     pub overloaded: bool,
 }
 
@@ -83,12 +99,16 @@ impl<'a> Ranked<'a> {
     pub fn end_to_end(&self) -> Option<Duration> {
         // Saturating: a wild figure from a peer must not panic the ranking (and `Duration`'s
         // `+` panics on overflow).
-        Some(self.client_rtt.get()?.saturating_add(self.primary_rtt?))
+        Some(
+            self.client_rtt
+                .get()?
+                .saturating_add(self.relay.primary_rtt?),
+        )
     }
 
     /// The key that orders the ranking; see the module's documentation.
     fn order_key(&self) -> (bool, Reverse<u8>, Duration, &'a str) {
-        let legs = [self.client_rtt.get(), self.primary_rtt];
+        let legs = [self.client_rtt.get(), self.relay.primary_rtt];
         let known = legs.iter().flatten().count() as u8;
         let sum = legs
             .iter()
@@ -104,22 +124,21 @@ impl<'a> Ranked<'a> {
 }
 
 /// The relays that take new users, best first.
-pub fn rank<'a>(client: &Client, relays: &[Candidate<'a>]) -> Vec<Ranked<'a>> {
+pub fn rank<'a>(client: &Client, relays: impl IntoIterator<Item = &'a Relay>) -> Vec<Ranked<'a>> {
     let mut ranked: Vec<Ranked<'a>> = relays
-        .iter()
-        .filter(|c| c.info.state == RelayState::Up)
-        .map(|c| Ranked {
-            relay: c.info,
-            client_rtt: client_rtt(client, c.info),
-            primary_rtt: (c.info.rtt_us > 0).then(|| Duration::from_micros(c.info.rtt_us)),
-            overloaded: c.load > OVERLOADED,
+        .into_iter()
+        .filter(|relay| relay.state == State::Up)
+        .map(|relay| Ranked {
+            relay,
+            client_rtt: client_rtt(client, relay),
+            overloaded: relay.load > OVERLOADED,
         })
         .collect();
     ranked.sort_by_cached_key(|r| r.order_key());
     ranked
 }
 
-fn client_rtt(client: &Client, relay: &RelayInfo) -> ClientRtt {
+fn client_rtt(client: &Client, relay: &Relay) -> ClientRtt {
     if let Some(&rtt) = client.measured.get(&relay.name) {
         return ClientRtt::Measured(rtt);
     }
@@ -154,24 +173,16 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn relay(name: &str, location: Option<Location>, primary_ms: u64) -> RelayInfo {
-        RelayInfo {
+    /// An idle relay, up; a `primary_ms` of 0 is a relay with no heartbeat yet.
+    fn relay(name: &str, location: Option<Location>, primary_ms: u64) -> Relay {
+        Relay {
             name: name.to_owned(),
             region: format!("region-{name}"),
-            state: RelayState::Up,
-            addresses: vec![],
+            state: State::Up,
             location,
-            rtt_us: primary_ms * 1000,
-            load: 0.0,
-            latency_url: None,
+            primary_rtt: (primary_ms > 0).then(|| ms(primary_ms)),
+            load: 0.1,
         }
-    }
-
-    fn idle(relays: &[RelayInfo]) -> Vec<Candidate<'_>> {
-        relays
-            .iter()
-            .map(|info| Candidate { info, load: 0.1 })
-            .collect()
     }
 
     fn measured(pairs: &[(&str, u64)]) -> Client {
@@ -191,7 +202,7 @@ mod tests {
         // (80 ms, say a poor transit route); Amsterdam is 8 ms away with 7 ms to the primary.
         let relays = [relay("lon", None, 80), relay("ams", None, 7)];
         let client = measured(&[("lon", 3), ("ams", 8)]);
-        let ranked = rank(&client, &idle(&relays));
+        let ranked = rank(&client, &relays);
         assert_eq!(names(&ranked), ["ams", "lon"]);
         assert_eq!(ranked[0].end_to_end(), Some(ms(15)));
         assert_eq!(ranked[1].end_to_end(), Some(ms(83)));
@@ -208,7 +219,7 @@ mod tests {
             location: Some(LONDON),
             ..Client::default()
         };
-        let ranked = rank(&client, &idle(&relays));
+        let ranked = rank(&client, &relays);
         assert_eq!(names(&ranked), ["ams", "fra", "sin"]);
         assert!(matches!(ranked[0].client_rtt, ClientRtt::Estimated(_)));
     }
@@ -225,7 +236,7 @@ mod tests {
             location: Some(LONDON),
             measured: [("lon".to_owned(), ms(60))].into(),
         };
-        let ranked = rank(&client, &idle(&relays));
+        let ranked = rank(&client, &relays);
         assert_eq!(names(&ranked), ["fra", "lon"]);
         assert_eq!(ranked[1].client_rtt, ClientRtt::Measured(ms(60)));
         assert!(matches!(ranked[0].client_rtt, ClientRtt::Estimated(_)));
@@ -238,44 +249,42 @@ mod tests {
             relay("b", None, 5),
             relay("c", None, 5),
         ];
-        relays[0].state = RelayState::Down;
-        relays[1].state = RelayState::Draining;
+        relays[0].state = State::Down;
+        relays[1].state = State::Draining;
         let client = measured(&[("a", 1), ("b", 1), ("c", 50)]);
-        assert_eq!(names(&rank(&client, &idle(&relays))), ["c"]);
+        assert_eq!(names(&rank(&client, &relays)), ["c"]);
     }
 
     #[test]
     fn overloaded_relays_come_after_all_others() {
-        let relays = [
+        let mut relays = [
             relay("fast", None, 5),
             relay("slow", None, 5),
             relay("mid", None, 5),
         ];
         let client = measured(&[("fast", 5), ("slow", 200), ("mid", 50)]);
-        let mut candidates = idle(&relays);
-        candidates[0].load = 0.9;
-        let ranked = rank(&client, &candidates);
+        relays[0].load = 0.9;
+        let ranked = rank(&client, &relays);
         assert_eq!(names(&ranked), ["mid", "slow", "fast"]);
         assert!(ranked[2].overloaded);
 
         // At the threshold itself a relay is not overloaded yet.
-        candidates[0].load = OVERLOADED;
-        assert_eq!(names(&rank(&client, &candidates))[0], "fast");
+        relays[0].load = OVERLOADED;
+        assert_eq!(names(&rank(&client, &relays))[0], "fast");
 
         // When every relay is overloaded, latency decides among them.
-        for c in &mut candidates {
-            c.load = 0.95;
+        for r in &mut relays {
+            r.load = 0.95;
         }
-        assert_eq!(names(&rank(&client, &candidates)), ["fast", "mid", "slow"]);
+        assert_eq!(names(&rank(&client, &relays)), ["fast", "mid", "slow"]);
     }
 
     #[test]
     fn nan_load_is_not_overloaded() {
-        let relays = [relay("a", None, 5), relay("b", None, 5)];
+        let mut relays = [relay("a", None, 5), relay("b", None, 5)];
         let client = measured(&[("a", 1), ("b", 2)]);
-        let mut candidates = idle(&relays);
-        candidates[0].load = f32::NAN;
-        assert_eq!(names(&rank(&client, &candidates)), ["a", "b"]);
+        relays[0].load = f32::NAN;
+        assert_eq!(names(&rank(&client, &relays)), ["a", "b"]);
     }
 
     #[test]
@@ -286,17 +295,17 @@ mod tests {
             relay("complete", None, 90),
         ];
         let client = measured(&[("no-primary-rtt", 1), ("complete", 90)]);
-        let ranked = rank(&client, &idle(&relays));
+        let ranked = rank(&client, &relays);
         // 180 ms in full beats 1 ms and 2 ms of half a path: the other half could be anything.
         assert_eq!(names(&ranked), ["complete", "no-primary-rtt", "unplaced"]);
-        assert_eq!(ranked[1].primary_rtt, None);
+        assert_eq!(ranked[1].relay.primary_rtt, None);
         assert_eq!(ranked[1].end_to_end(), None);
         assert_eq!(ranked[2].client_rtt, ClientRtt::Unknown);
     }
 
     #[test]
     fn ties_go_by_name_whatever_the_input_order() {
-        let relays = [
+        let mut relays = [
             relay("c", None, 10),
             relay("a", None, 10),
             relay("d", None, 5),
@@ -304,23 +313,22 @@ mod tests {
         ];
         let client = measured(&[("a", 10), ("b", 10), ("c", 10), ("d", 15)]);
         let want = ["a", "b", "c", "d"];
-        let mut candidates = idle(&relays);
-        assert_eq!(names(&rank(&client, &candidates)), want);
-        candidates.reverse();
-        assert_eq!(names(&rank(&client, &candidates)), want);
-        candidates.rotate_left(1);
-        assert_eq!(names(&rank(&client, &candidates)), want);
+        assert_eq!(names(&rank(&client, &relays)), want);
+        relays.reverse();
+        assert_eq!(names(&rank(&client, &relays)), want);
+        relays.rotate_left(1);
+        assert_eq!(names(&rank(&client, &relays)), want);
     }
 
     #[test]
     fn wild_figures_do_not_panic() {
         let mut relays = [relay("a", None, 0), relay("b", None, 5)];
-        relays[0].rtt_us = u64::MAX;
+        relays[0].primary_rtt = Some(Duration::MAX);
         let client = Client {
             location: None,
             measured: [("a".to_owned(), Duration::MAX), ("b".to_owned(), ms(1))].into(),
         };
-        let ranked = rank(&client, &idle(&relays));
+        let ranked = rank(&client, &relays);
         assert_eq!(names(&ranked), ["b", "a"]);
         assert_eq!(ranked[1].end_to_end(), Some(Duration::MAX));
     }

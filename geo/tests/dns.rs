@@ -12,9 +12,10 @@ use anyhow::{bail, ensure, Context, Result};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
-use sat_geo::dns::{serve, DnsConfig, DnsTable};
+use sat_geo::dns::{serve, DnsConfig, DnsRelay, DnsTable};
 use sat_geo::geoip::GeoIp;
-use sat_proto::control::{Location, RelayInfo, RelayState};
+use sat_geo::rank::{Relay, State};
+use sat_geo::Location;
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,21 +34,20 @@ const SINGAPORE: Location = Location {
     lon: 103.8198,
 };
 
-fn relay(name: &str, location: Location, addresses: Vec<String>) -> RelayInfo {
-    RelayInfo {
+fn relay(name: &str, location: Location, addresses: &[String]) -> DnsRelay {
+    let relay = Relay {
         name: name.to_owned(),
         region: format!("region-{name}"),
-        state: RelayState::Up,
-        addresses,
+        state: State::Up,
         location: Some(location),
-        rtt_us: 10_000,
+        primary_rtt: Some(Duration::from_millis(10)),
         load: 0.1,
-        latency_url: None,
-    }
+    };
+    DnsRelay::new(relay, addresses)
 }
 
 /// London, New York and Singapore, each with one IPv4 address and `v6` IPv6 addresses.
-fn relays(v6: u16) -> Vec<RelayInfo> {
+fn relays(v6: u16) -> Vec<DnsRelay> {
     [
         ("lon", LONDON, 1),
         ("nyc", NEW_YORK, 2),
@@ -57,7 +57,7 @@ fn relays(v6: u16) -> Vec<RelayInfo> {
     .map(|(name, location, n)| {
         let mut addresses = vec![format!("198.51.100.{n}:443")];
         addresses.extend((1..=v6).map(|i| format!("[2001:db8:{n}::{i:x}]:443")));
-        relay(name, location, addresses)
+        relay(name, location, &addresses)
     })
     .collect()
 }
@@ -71,7 +71,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(relays: &[RelayInfo]) -> Result<Self> {
+    async fn start(relays: &[DnsRelay]) -> Result<Self> {
         let (udp, tcp) = bind_pair()?;
         let port = udp.local_addr()?.port();
         let geoip =
@@ -79,7 +79,7 @@ impl Server {
         let geoip = Arc::new(GeoIp::open(&geoip)?);
         let mut config = DnsConfig::for_zone("sat.example.com");
         config.hosts.insert("app".into(), "app".into());
-        let (table, rx) = watch::channel(Arc::new(DnsTable::from_relay_map(relays)));
+        let (table, rx) = watch::channel(Arc::new(DnsTable::new(relays.to_vec())));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(config, udp, tcp, rx, geoip, shutdown.clone()));
         Ok(Self {
@@ -254,10 +254,8 @@ async fn a_relay_out_of_rotation_leaves_the_next_answer() -> Result<()> {
     );
 
     let mut drained = relays(1);
-    drained[0].state = RelayState::Draining;
-    server
-        .table
-        .send_replace(Arc::new(DnsTable::from_relay_map(&drained)));
+    drained[0].relay.state = State::Draining;
+    server.table.send_replace(Arc::new(DnsTable::new(drained)));
     assert_eq!(
         server
             .dig(&ask)

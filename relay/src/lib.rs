@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
-use sat_geo::dns::DnsTable;
+use sat_geo::dns::{DnsRelay, DnsTable};
+use sat_geo::rank::{Relay as GeoRelay, State};
+use sat_proto::control::{RelayInfo, RelayState};
 use sat_transport::pin::CertSlot;
 use sat_transport::tls::{self, Identity, QuicLimits};
 use tokio::sync::watch;
@@ -221,13 +223,38 @@ async fn feed_dns(relay: Arc<Relay>, table: watch::Sender<Arc<DnsTable>>, stop: 
     loop {
         let current = routes.borrow_and_update().clone();
         if let Some(r) = current {
-            table.send_replace(Arc::new(DnsTable::from_relay_map(r.relays())));
+            table.send_replace(Arc::new(dns_table(r.relays())));
         }
         tokio::select! {
             changed = routes.changed() => if changed.is_err() { return },
             () = stop.cancelled() => return,
         }
     }
+}
+
+/// The DNS table for a pushed relay map: every relay, down and draining ones too (the ranking
+/// leaves those out), with the IP literals among its addresses.
+fn dns_table(relays: &[RelayInfo]) -> DnsTable {
+    let relays = relays.iter().map(|info| {
+        let relay = GeoRelay {
+            name: info.name.clone(),
+            region: info.region.clone(),
+            state: match info.state {
+                RelayState::Up => State::Up,
+                RelayState::Draining => State::Draining,
+                RelayState::Down => State::Down,
+            },
+            location: info.location.map(|l| sat_geo::Location {
+                lat: l.lat,
+                lon: l.lon,
+            }),
+            // 0 is the map's "not measured yet".
+            primary_rtt: (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us)),
+            load: info.load,
+        };
+        DnsRelay::new(relay, &info.addresses)
+    });
+    DnsTable::new(relays.collect())
 }
 
 async fn serve_dns(

@@ -14,12 +14,12 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_proto::xfer::Protocol;
 use hickory_server::authority::MessageRequest;
-use sat_proto::control::Location;
 
 use super::config::Node;
 use super::table::DnsTable;
 use super::GeoDns;
-use crate::rank::{rank, Candidate, Client};
+use crate::rank::{rank, Client};
+use crate::Location;
 
 /// Without EDNS, a UDP answer may not exceed this (RFC 1035, section 4.2.1).
 const CLASSIC_UDP_LIMIT: usize = 512;
@@ -309,19 +309,12 @@ impl GeoDns {
         v6: bool,
         out: &mut Vec<Record>,
     ) {
-        let relays: Vec<_> = table.relays().iter().filter(|r| r.has_family(v6)).collect();
-        let candidates: Vec<Candidate<'_>> = relays
-            .iter()
-            .map(|r| Candidate {
-                info: &r.info,
-                load: r.info.load,
-            })
-            .collect();
-        for ranked in rank(client, &candidates)
+        let relays = table.relays().iter().filter(|r| r.has_family(v6));
+        for ranked in rank(client, relays.clone().map(|r| &r.relay))
             .iter()
             .take(self.zone.relays_per_answer)
         {
-            let Some(relay) = relays.iter().find(|r| ptr::eq(&r.info, ranked.relay)) else {
+            let Some(relay) = relays.clone().find(|r| ptr::eq(&r.relay, ranked.relay)) else {
                 continue;
             };
             if v6 {

@@ -5,6 +5,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
@@ -13,11 +14,12 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, B
 use hickory_proto::xfer::Protocol;
 use hickory_server::authority::{MessageRequest, MessageResponse};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use sat_proto::control::{Location, RelayInfo, RelayState};
 use tokio::sync::watch;
 
 use crate::dns::{DnsConfig, DnsRelay, DnsTable, GeoDns};
 use crate::geoip::GeoIp;
+use crate::rank::{Relay, State};
+use crate::Location;
 
 const LONDON: Location = Location {
     lat: 51.5074,
@@ -41,21 +43,20 @@ fn geoip() -> Arc<GeoIp> {
     Arc::new(GeoIp::open(&path).expect("test database"))
 }
 
-fn relay(name: &str, location: Location, addresses: &[&str]) -> RelayInfo {
-    RelayInfo {
+fn relay(name: &str, location: Location, addresses: &[&str]) -> DnsRelay {
+    let relay = Relay {
         name: name.to_owned(),
         region: format!("region-{name}"),
-        state: RelayState::Up,
-        addresses: addresses.iter().map(|&a| a.to_owned()).collect(),
+        state: State::Up,
         location: Some(location),
-        rtt_us: 10_000,
+        primary_rtt: Some(Duration::from_millis(10)),
         load: 0.1,
-        latency_url: None,
-    }
+    };
+    DnsRelay::new(relay, addresses)
 }
 
 /// Relays in London, New York and Singapore, dual-stack, all 10 ms from the primary.
-fn three_relays() -> Vec<RelayInfo> {
+fn three_relays() -> Vec<DnsRelay> {
     vec![
         relay("lon", LONDON, &["198.51.100.1:443", "[2001:db8::1]:443"]),
         relay("nyc", NEW_YORK, &["198.51.100.2:443", "[2001:db8::2]:443"]),
@@ -81,8 +82,8 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(config: &DnsConfig, relays: &[RelayInfo]) -> Self {
-        let (table, rx) = watch::channel(Arc::new(DnsTable::from_relay_map(relays)));
+    fn new(config: &DnsConfig, relays: &[DnsRelay]) -> Self {
+        let (table, rx) = watch::channel(Arc::new(DnsTable::new(relays.to_vec())));
         let dns = GeoDns::new(config, rx, geoip()).expect("valid config");
         Self { dns, table }
     }
@@ -91,9 +92,9 @@ impl Fixture {
         Self::new(&config(), &three_relays())
     }
 
-    fn set_relays(&self, relays: &[RelayInfo]) {
+    fn set_relays(&self, relays: &[DnsRelay]) {
         self.table
-            .send_replace(Arc::new(DnsTable::from_relay_map(relays)));
+            .send_replace(Arc::new(DnsTable::new(relays.to_vec())));
     }
 
     /// Sends `query` as bytes from the resolver over `protocol` and returns the decoded answer.
@@ -347,7 +348,7 @@ async fn without_ecs_the_resolver_address_places_the_client() {
 async fn draining_and_down_relays_are_never_handed_out() {
     let f = Fixture::standard();
     let mut relays = three_relays();
-    relays[0].state = RelayState::Draining;
+    relays[0].relay.state = State::Draining;
     f.set_relays(&relays);
     let london = with_ecs(
         query("app.sat.example.com.", RecordType::A),
@@ -355,12 +356,12 @@ async fn draining_and_down_relays_are_never_handed_out() {
     );
     assert_eq!(addresses(&f.ask(&london).await), ips(&[NYC4, SIN4]));
 
-    relays[1].state = RelayState::Down;
+    relays[1].relay.state = State::Down;
     f.set_relays(&relays);
     assert_eq!(addresses(&f.ask(&london).await), ips(&[SIN4]));
 
     // None left: NODATA, cached no longer than an answer would be.
-    relays[2].state = RelayState::Down;
+    relays[2].relay.state = State::Down;
     f.set_relays(&relays);
     let answer = f.ask(&london).await;
     assert_eq!(answer.response_code(), ResponseCode::NoError);
@@ -378,7 +379,7 @@ async fn draining_and_down_relays_are_never_handed_out() {
 async fn overloaded_relay_is_demoted() {
     let f = Fixture::standard();
     let mut relays = three_relays();
-    relays[0].load = 0.95;
+    relays[0].relay.load = 0.95;
     f.set_relays(&relays);
     let london = with_ecs(
         query("app.sat.example.com.", RecordType::A),
@@ -778,7 +779,7 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn crowded_relays(count: u16) -> Vec<RelayInfo> {
+fn crowded_relays(count: u16) -> Vec<DnsRelay> {
     let many = |net: u16| -> Vec<String> {
         (1..=count)
             .map(|i| format!("[2001:db8:{net:x}::{i:x}]:443"))
@@ -836,7 +837,6 @@ async fn big_udp_answers_are_truncated_and_tcp_carries_them() {
 
 #[test]
 fn relays_with_no_ip_address_are_not_answered() {
-    let info = relay("named", LONDON, &["relay.example.net:443"]);
-    let relay = DnsRelay::from_info(info);
+    let relay = relay("named", LONDON, &["relay.example.net:443"]);
     assert!(relay.ipv4.is_empty() && relay.ipv6.is_empty());
 }
