@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use sat_geo::rank::{self, Client, Relay, State};
+use sat_geo::rank::{self, Client, PeerRtts, Relay, State};
 use sat_geo::Location;
 use sat_proto::control::{RelayInfo, RelayState};
 use sat_transport::tls;
@@ -87,7 +87,10 @@ fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) ->
         measured: measured.clone(),
     };
     let mut out: Vec<Probed> = Vec::with_capacity(infos.len());
-    for (i, r) in rank::rank(&client, &relays).iter().enumerate() {
+    // The relay map carries no round trips between relays yet; every relay ranked here is
+    // measured anyway.
+    let ranked = rank::rank(&client, &relays, &PeerRtts::default());
+    for (i, r) in ranked.iter().enumerate() {
         let Some(info) = infos.iter().find(|info| info.name == r.relay.name) else {
             continue;
         };

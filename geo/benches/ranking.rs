@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use sat_geo::geoip::GeoIp;
 use sat_geo::hysteresis::{History, Hysteresis};
-use sat_geo::rank::{rank, Client, Relay, State};
+use sat_geo::rank::{rank, Client, PeerRtts, Relay, State};
 use sat_geo::Location;
 
 /// `n` relays spread over the globe, one in ten draining, one in twenty overloaded; the
@@ -52,19 +52,39 @@ fn network(n: usize) -> (Client, Vec<Relay>) {
     (client, relays)
 }
 
+/// Every relay's round trip to every other: as much as the control plane could push.
+fn full_mesh(relays: &[Relay]) -> PeerRtts {
+    relays
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| {
+            relays[i + 1..].iter().enumerate().map(move |(j, b)| {
+                let rtt = Duration::from_micros(1_000 + ((i * 31 + j * 17) as u64 % 200) * 1_000);
+                (a.name.as_str(), b.name.as_str(), rtt)
+            })
+        })
+        .collect()
+}
+
 fn ranking(c: &mut Criterion) {
     for n in [3, 100] {
         let (client, relays) = network(n);
+        let none = PeerRtts::default();
         c.bench_function(&format!("rank {n} relays"), |b| {
-            b.iter(|| rank(black_box(&client), black_box(&relays)))
+            b.iter(|| rank(black_box(&client), black_box(&relays), black_box(&none)))
         });
+        let mesh = full_mesh(&relays);
+        c.bench_function(
+            &format!("rank {n} relays, with a full mesh of peer RTTs"),
+            |b| b.iter(|| rank(black_box(&client), black_box(&relays), black_box(&mesh))),
+        );
     }
 }
 
 fn hysteresis(c: &mut Criterion) {
     for n in [3, 100] {
         let (client, relays) = network(n);
-        let ranked = rank(&client, &relays);
+        let ranked = rank(&client, &relays, &PeerRtts::default());
         let mut choice = Hysteresis::new(History::default());
         let start = Instant::now();
         let mut round = 0u64;

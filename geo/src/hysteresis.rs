@@ -227,7 +227,7 @@ fn clearly_faster(new: Duration, old: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rank::{rank, Client, Relay, State};
+    use crate::rank::{rank, Client, PeerRtts, Relay, State};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -304,7 +304,7 @@ mod tests {
 
     fn rank_of(ranking: &Ranking) -> Vec<Ranked<'_>> {
         let (client, relays) = ranking;
-        rank(client, relays)
+        rank(client, relays, &PeerRtts::default())
     }
 
     fn to(name: &str, reason: Reason, from: Option<&str>) -> Option<Switch> {

@@ -14,7 +14,7 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 use sat_geo::dns::{serve, DnsConfig, DnsRelay, DnsTable};
 use sat_geo::geoip::GeoIp;
-use sat_geo::rank::{Relay, State};
+use sat_geo::rank::{PeerRtts, Relay, State};
 use sat_geo::Location;
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -79,7 +79,10 @@ impl Server {
         let geoip = Arc::new(GeoIp::open(&geoip)?);
         let mut config = DnsConfig::for_zone("sat.example.com");
         config.hosts.insert("app".into(), "app".into());
-        let (table, rx) = watch::channel(Arc::new(DnsTable::new(relays.to_vec())));
+        let (table, rx) = watch::channel(Arc::new(DnsTable::new(
+            relays.to_vec(),
+            PeerRtts::default(),
+        )));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(config, udp, tcp, rx, geoip, shutdown.clone()));
         Ok(Self {
@@ -255,7 +258,9 @@ async fn a_relay_out_of_rotation_leaves_the_next_answer() -> Result<()> {
 
     let mut drained = relays(1);
     drained[0].relay.state = State::Draining;
-    server.table.send_replace(Arc::new(DnsTable::new(drained)));
+    server
+        .table
+        .send_replace(Arc::new(DnsTable::new(drained, PeerRtts::default())));
     assert_eq!(
         server
             .dig(&ask)

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use quinn::Endpoint;
 use sat_geo::dns::{DnsRelay, DnsTable};
-use sat_geo::rank::{Relay as GeoRelay, State};
+use sat_geo::rank::{PeerRtts, Relay as GeoRelay, State};
 use sat_proto::control::{RelayInfo, RelayState};
 use sat_transport::pin::CertSlot;
 use sat_transport::tls::{self, Identity, QuicLimits};
@@ -233,7 +233,8 @@ async fn feed_dns(relay: Arc<Relay>, table: watch::Sender<Arc<DnsTable>>, stop: 
 }
 
 /// The DNS table for a pushed relay map: every relay, down and draining ones too (the ranking
-/// leaves those out), with the IP literals among its addresses.
+/// leaves those out), with the IP literals among its addresses. The push carries no round
+/// trips between relays yet, so the table has none.
 fn dns_table(relays: &[RelayInfo]) -> DnsTable {
     let relays = relays.iter().map(|info| {
         let relay = GeoRelay {
@@ -254,7 +255,7 @@ fn dns_table(relays: &[RelayInfo]) -> DnsTable {
         };
         DnsRelay::new(relay, &info.addresses)
     });
-    DnsTable::new(relays.collect())
+    DnsTable::new(relays.collect(), PeerRtts::default())
 }
 
 async fn serve_dns(

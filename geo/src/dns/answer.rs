@@ -310,7 +310,7 @@ impl GeoDns {
         out: &mut Vec<Record>,
     ) {
         let relays = table.relays().iter().filter(|r| r.has_family(v6));
-        for ranked in rank(client, relays.clone().map(|r| &r.relay))
+        for ranked in rank(client, relays.clone().map(|r| &r.relay), table.peers())
             .iter()
             .take(self.zone.relays_per_answer)
         {

@@ -3,15 +3,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::rank::Relay;
+use crate::rank::{PeerRtts, Relay};
 
-/// The relays, with the addresses DNS answers carry. The caller builds one from the relay map
-/// the control plane pushes, converted into [`DnsRelay`]s, and sends it into the server's
-/// `watch::Receiver<Arc<DnsTable>>`. Down and draining relays may stay in the table: the
-/// ranking leaves them out, so the table can be a plain copy of the map.
+/// What the answers are made from: the relays, with the addresses DNS answers carry, and the
+/// relays' round trips to each other. The caller builds one from what the control plane pushes,
+/// converted into geo's types, and sends it into the server's `watch::Receiver<Arc<DnsTable>>`.
+/// Down and draining relays may stay in the table: the ranking leaves them out, so the table
+/// can be a plain copy of the relay map.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DnsTable {
     relays: Vec<DnsRelay>,
+    peers: PeerRtts,
 }
 
 /// One relay as the ranking sees it (name, state, location, round trip to the primary, load),
@@ -59,12 +61,18 @@ impl DnsRelay {
 }
 
 impl DnsTable {
-    pub fn new(relays: Vec<DnsRelay>) -> Self {
-        Self { relays }
+    /// `peers` may be empty; see [`crate::rank`] for how it places relays that clients have
+    /// not measured.
+    pub fn new(relays: Vec<DnsRelay>, peers: PeerRtts) -> Self {
+        Self { relays, peers }
     }
 
     pub fn relays(&self) -> &[DnsRelay] {
         &self.relays
+    }
+
+    pub fn peers(&self) -> &PeerRtts {
+        &self.peers
     }
 }
 

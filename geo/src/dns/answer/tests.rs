@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::dns::{DnsConfig, DnsRelay, DnsTable, GeoDns};
 use crate::geoip::GeoIp;
-use crate::rank::{Relay, State};
+use crate::rank::{PeerRtts, Relay, State};
 use crate::Location;
 
 const LONDON: Location = Location {
@@ -83,7 +83,10 @@ struct Fixture {
 
 impl Fixture {
     fn new(config: &DnsConfig, relays: &[DnsRelay]) -> Self {
-        let (table, rx) = watch::channel(Arc::new(DnsTable::new(relays.to_vec())));
+        let (table, rx) = watch::channel(Arc::new(DnsTable::new(
+            relays.to_vec(),
+            PeerRtts::default(),
+        )));
         let dns = GeoDns::new(config, rx, geoip()).expect("valid config");
         Self { dns, table }
     }
@@ -93,8 +96,10 @@ impl Fixture {
     }
 
     fn set_relays(&self, relays: &[DnsRelay]) {
-        self.table
-            .send_replace(Arc::new(DnsTable::new(relays.to_vec())));
+        self.table.send_replace(Arc::new(DnsTable::new(
+            relays.to_vec(),
+            PeerRtts::default(),
+        )));
     }
 
     /// Sends `query` as bytes from the resolver over `protocol` and returns the decoded answer.
