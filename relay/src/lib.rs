@@ -29,6 +29,7 @@ mod routes;
 mod tcp;
 mod uplink;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,7 +235,7 @@ async fn feed_dns(relay: Arc<Relay>, table: watch::Sender<Arc<DnsTable>>, stop: 
 
 /// The DNS table for a pushed relay map: every relay, down and draining ones too (the ranking
 /// leaves those out), with the IP literals among its addresses. The push carries no round
-/// trips between relays yet, so the table has none.
+/// trips yet, between relays or from clients' networks, so the table has none.
 fn dns_table(relays: &[RelayInfo]) -> DnsTable {
     let relays = relays.iter().map(|info| {
         let relay = GeoRelay {
@@ -255,7 +256,7 @@ fn dns_table(relays: &[RelayInfo]) -> DnsTable {
         };
         DnsRelay::new(relay, &info.addresses)
     });
-    DnsTable::new(relays.collect(), PeerRtts::default())
+    DnsTable::new(relays.collect(), PeerRtts::default(), BTreeMap::new())
 }
 
 async fn serve_dns(

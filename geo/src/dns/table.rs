@@ -1,19 +1,25 @@
-//! The relays the DNS server hands out: a snapshot the caller replaces whenever the relay map
-//! changes. Queries read the snapshot in place; they never wait for the caller.
+//! The relays the DNS server hands out, and what is measured about them: a snapshot the caller
+//! replaces whenever the relay map or the measurements change. Queries read the snapshot in
+//! place; they never wait for the caller.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
+use super::Network;
 use crate::rank::{PeerRtts, Relay};
 
-/// What the answers are made from: the relays, with the addresses DNS answers carry, and the
-/// relays' round trips to each other. The caller builds one from what the control plane pushes,
-/// converted into geo's types, and sends it into the server's `watch::Receiver<Arc<DnsTable>>`.
-/// Down and draining relays may stay in the table: the ranking leaves them out, so the table
-/// can be a plain copy of the relay map.
+/// What the answers are made from: the relays, with the addresses DNS answers carry; the
+/// relays' round trips to each other; and the round trips that clients reported, per client
+/// network. The caller builds one from what the control plane pushes, converted into geo's
+/// types, and sends it into the server's `watch::Receiver<Arc<DnsTable>>`. Down and draining
+/// relays may stay in the table: the ranking leaves them out, so the table can be a plain copy
+/// of the relay map.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DnsTable {
     relays: Vec<DnsRelay>,
     peers: PeerRtts,
+    networks: BTreeMap<Network, BTreeMap<String, Duration>>,
 }
 
 /// One relay as the ranking sees it (name, state, location, round trip to the primary, load),
@@ -61,10 +67,20 @@ impl DnsRelay {
 }
 
 impl DnsTable {
-    /// `peers` may be empty; see [`crate::rank`] for how it places relays that clients have
-    /// not measured.
-    pub fn new(relays: Vec<DnsRelay>, peers: PeerRtts) -> Self {
-        Self { relays, peers }
+    /// `peers` and `networks` may be empty. `peers` places relays that clients have not
+    /// measured (see [`crate::rank`]). `networks` holds, per client network, the round trips
+    /// its clients measured to relays, by relay name; an answer for a client in one of these
+    /// networks is ranked by them (see [`super`]).
+    pub fn new(
+        relays: Vec<DnsRelay>,
+        peers: PeerRtts,
+        networks: BTreeMap<Network, BTreeMap<String, Duration>>,
+    ) -> Self {
+        Self {
+            relays,
+            peers,
+            networks,
+        }
     }
 
     pub fn relays(&self) -> &[DnsRelay] {
@@ -73,6 +89,11 @@ impl DnsTable {
 
     pub fn peers(&self) -> &PeerRtts {
         &self.peers
+    }
+
+    /// The round trips that clients in `network` reported, by relay name, if any.
+    pub fn measured(&self, network: Network) -> Option<&BTreeMap<String, Duration>> {
+        self.networks.get(&network).filter(|rtts| !rtts.is_empty())
     }
 }
 
