@@ -35,7 +35,7 @@
 //!    yet), since a partial sum is not comparable with a whole one.
 //! 4. Then by estimated end-to-end round trip (the sum of the known legs), and ties by name.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -120,6 +120,36 @@ impl PeerRtts {
 
     pub fn is_empty(&self) -> bool {
         self.by_relay.is_empty()
+    }
+
+    /// For each relay in `measured` that has a round trip to `relay`: the measured figure and
+    /// that round trip. Both maps are ordered by name, so one walk along each finds them all,
+    /// in about half the time that looking up each measured relay takes (100 relays with a
+    /// full mesh, a third of them measured: see `benches/ranking.rs`).
+    fn via_measured<'p>(
+        &'p self,
+        relay: &str,
+        measured: &'p BTreeMap<String, Duration>,
+    ) -> impl Iterator<Item = (Duration, Duration)> + 'p {
+        let mut peers = self.by_relay.get(relay).into_iter().flatten().peekable();
+        let mut measured = measured.iter().peekable();
+        std::iter::from_fn(move || loop {
+            let (via, &rtt) = *measured.peek()?;
+            let (peer, &peer_rtt) = *peers.peek()?;
+            match via.cmp(peer) {
+                Ordering::Less => {
+                    measured.next();
+                }
+                Ordering::Greater => {
+                    peers.next();
+                }
+                Ordering::Equal => {
+                    measured.next();
+                    peers.next();
+                    return Some((rtt, peer_rtt));
+                }
+            }
+        })
     }
 }
 
@@ -240,19 +270,10 @@ fn triangle_bounds(
     relay: &Relay,
     peers: &PeerRtts,
 ) -> Option<(Duration, Duration)> {
-    let mut bounds: Option<(Duration, Duration)> = None;
-    for (via, &measured) in &client.measured {
-        let Some(peer) = peers.rtt(via, &relay.name) else {
-            continue;
-        };
-        let lower = measured.abs_diff(peer);
-        let upper = measured.saturating_add(peer);
-        bounds = Some(match bounds {
-            Some((l, u)) => (l.max(lower), u.min(upper)),
-            None => (lower, upper),
-        });
-    }
-    bounds
+    peers
+        .via_measured(&relay.name, &client.measured)
+        .map(|(measured, peer)| (measured.abs_diff(peer), measured.saturating_add(peer)))
+        .reduce(|(l1, u1), (l2, u2)| (l1.max(l2), u1.min(u2)))
 }
 
 #[cfg(test)]
