@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sat_geo::hysteresis::{History, Hysteresis, Reason, Switch};
-use sat_geo::rank::{self, Candidate, Client};
+use sat_geo::rank::{self, PeerRtts};
 use sat_proto::control::RelayInfo;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -217,24 +217,9 @@ impl Chooser {
     }
 
     fn decide(&self, infos: &[RelayInfo], results: &[Result<Duration, String>]) -> Vec<String> {
-        let measured: BTreeMap<String, Duration> = infos
-            .iter()
-            .zip(results)
-            .filter_map(|(i, r)| r.as_ref().ok().map(|d| (i.name.clone(), *d)))
-            .collect();
-        let candidates: Vec<Candidate<'_>> = infos
-            .iter()
-            .filter(|i| measured.contains_key(&i.name))
-            .map(|info| Candidate {
-                info,
-                load: info.load,
-            })
-            .collect();
-        let client = Client {
-            location: None,
-            measured: measured.clone(),
-        };
-        let ranked = rank::rank(&client, &candidates);
+        let (client, relays) = crate::probe::measured(infos, results);
+        let measured = &client.measured;
+        let ranked = rank::rank(&client, &relays, &PeerRtts::default());
         let Ok(mut state) = self.state.lock() else {
             return Vec::new();
         };

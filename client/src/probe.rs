@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sat_geo::rank::{self, Candidate, Client, Ranked};
+use sat_geo::rank::{self, Client, PeerRtts, Relay, State};
+use sat_geo::Location;
 use sat_proto::control::{RelayInfo, RelayState};
 use sat_transport::{latency, tls};
 use tokio_rustls::TlsConnector;
@@ -128,37 +129,49 @@ pub fn dial_address(info: &RelayInfo) -> Option<String> {
     })
 }
 
-/// Ranks relays by their measured round trips; those not measured come after, unranked.
-fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) -> Vec<Probed> {
+/// The relays that were measured, as the ranking takes them, and the client that measured
+/// them.
+pub(crate) fn measured(
+    infos: &[RelayInfo],
+    results: &[Result<Duration, String>],
+) -> (Client, Vec<Relay>) {
     let measured: BTreeMap<String, Duration> = infos
         .iter()
-        .zip(&results)
+        .zip(results)
         .filter_map(|(i, r)| r.as_ref().ok().map(|d| (i.name.clone(), *d)))
         .collect();
-    let candidates: Vec<Candidate<'_>> = infos
+    let relays: Vec<Relay> = infos
         .iter()
         .filter(|i| measured.contains_key(&i.name))
-        .map(|info| Candidate {
-            info,
-            load: info.load,
-        })
+        .map(geo_relay)
         .collect();
     let client = Client {
         location: None,
-        measured: measured.clone(),
+        measured,
     };
-    let ranked: Vec<Ranked<'_>> = rank::rank(&client, &candidates);
-    let mut out: Vec<Probed> = ranked
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Probed {
+    (client, relays)
+}
+
+/// Ranks relays by their measured round trips; those not measured come after, unranked.
+fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) -> Vec<Probed> {
+    let (client, relays) = measured(&infos, &results);
+    let measured = &client.measured;
+    let mut out: Vec<Probed> = Vec::with_capacity(infos.len());
+    // Every relay ranked here is measured: round trips between relays, which place relays a
+    // client has not measured, add nothing.
+    let ranked = rank::rank(&client, &relays, &PeerRtts::default());
+    for (i, r) in ranked.iter().enumerate() {
+        let Some(info) = infos.iter().find(|info| info.name == r.relay.name) else {
+            continue;
+        };
+        out.push(Probed {
             rtt: measured.get(&r.relay.name).copied(),
             error: None,
             end_to_end: r.end_to_end(),
             rank: Some(i),
-            info: r.relay.clone(),
-        })
-        .collect();
+            info: info.clone(),
+        });
+    }
     for (info, result) in infos.into_iter().zip(results) {
         if out.iter().any(|p| p.info.name == info.name) {
             continue;
@@ -172,6 +185,26 @@ fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) ->
         });
     }
     out
+}
+
+/// A relay of the map as the ranking takes it.
+fn geo_relay(info: &RelayInfo) -> Relay {
+    Relay {
+        name: info.name.clone(),
+        region: info.region.clone(),
+        state: match info.state {
+            RelayState::Up => State::Up,
+            RelayState::Draining => State::Draining,
+            RelayState::Down => State::Down,
+        },
+        location: info.location.map(|l| Location {
+            lat: l.lat,
+            lon: l.lon,
+        }),
+        // 0 is the map's "not measured yet".
+        primary_rtt: (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us)),
+        load: info.load,
+    }
 }
 
 #[cfg(test)]

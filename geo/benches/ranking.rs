@@ -9,33 +9,28 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use sat_geo::geoip::GeoIp;
 use sat_geo::hysteresis::{History, Hysteresis};
-use sat_geo::rank::{rank, Candidate, Client};
-use sat_proto::control::{Location, RelayInfo, RelayState};
+use sat_geo::rank::{rank, Client, PeerRtts, Relay, State};
+use sat_geo::Location;
 
 /// `n` relays spread over the globe, one in ten draining, one in twenty overloaded; the
 /// client has measured a third of them and is placed (so the rest are estimated).
-fn network(n: usize) -> (Client, Vec<RelayInfo>, Vec<f32>) {
-    let relays: Vec<RelayInfo> = (0..n)
-        .map(|i| RelayInfo {
+fn network(n: usize) -> (Client, Vec<Relay>) {
+    let relays: Vec<Relay> = (0..n)
+        .map(|i| Relay {
             name: format!("relay-{i:03}"),
             region: format!("region-{}", i % 12),
             state: if i % 10 == 9 {
-                RelayState::Draining
+                State::Draining
             } else {
-                RelayState::Up
+                State::Up
             },
-            addresses: vec![format!("192.0.2.{i}:443")],
             location: Some(Location {
                 lat: (i as f64 * 37.0) % 140.0 - 70.0,
                 lon: (i as f64 * 71.0) % 360.0 - 180.0,
             }),
-            rtt_us: 5_000 + (i as u64 * 7_919) % 150_000,
-            load: 0.0,
-            latency_url: None,
+            primary_rtt: Some(Duration::from_micros(5_000 + (i as u64 * 7_919) % 150_000)),
+            load: if i % 20 == 7 { 0.9 } else { 0.3 },
         })
-        .collect();
-    let loads = (0..n)
-        .map(|i| if i % 20 == 7 { 0.9 } else { 0.3 })
         .collect();
     let client = Client {
         location: Some(Location {
@@ -54,32 +49,42 @@ fn network(n: usize) -> (Client, Vec<RelayInfo>, Vec<f32>) {
             })
             .collect(),
     };
-    (client, relays, loads)
+    (client, relays)
 }
 
-fn candidates<'a>(relays: &'a [RelayInfo], loads: &[f32]) -> Vec<Candidate<'a>> {
+/// Every relay's round trip to every other: as much as the control plane could push.
+fn full_mesh(relays: &[Relay]) -> PeerRtts {
     relays
         .iter()
-        .zip(loads)
-        .map(|(info, &load)| Candidate { info, load })
+        .enumerate()
+        .flat_map(|(i, a)| {
+            relays[i + 1..].iter().enumerate().map(move |(j, b)| {
+                let rtt = Duration::from_micros(1_000 + ((i * 31 + j * 17) as u64 % 200) * 1_000);
+                (a.name.as_str(), b.name.as_str(), rtt)
+            })
+        })
         .collect()
 }
 
 fn ranking(c: &mut Criterion) {
     for n in [3, 100] {
-        let (client, relays, loads) = network(n);
-        let candidates = candidates(&relays, &loads);
+        let (client, relays) = network(n);
+        let none = PeerRtts::default();
         c.bench_function(&format!("rank {n} relays"), |b| {
-            b.iter(|| rank(black_box(&client), black_box(&candidates)))
+            b.iter(|| rank(black_box(&client), black_box(&relays), black_box(&none)))
         });
+        let mesh = full_mesh(&relays);
+        c.bench_function(
+            &format!("rank {n} relays, with a full mesh of peer RTTs"),
+            |b| b.iter(|| rank(black_box(&client), black_box(&relays), black_box(&mesh))),
+        );
     }
 }
 
 fn hysteresis(c: &mut Criterion) {
     for n in [3, 100] {
-        let (client, relays, loads) = network(n);
-        let candidates = candidates(&relays, &loads);
-        let ranked = rank(&client, &candidates);
+        let (client, relays) = network(n);
+        let ranked = rank(&client, &relays, &PeerRtts::default());
         let mut choice = Hysteresis::new(History::default());
         let start = Instant::now();
         let mut round = 0u64;

@@ -11,6 +11,8 @@ use thiserror::Error;
 ///   runtime (out of file descriptors, say). A retry after the cause is fixed can help.
 /// - [`GeoError::DnsStopped`] is internal: the DNS server's socket closed under it while it was
 ///   running. Restarting the component can help.
+/// - [`GeoError::Network`] is the caller's: a client network written as something other than
+///   an IPv4 /24 or an IPv6 /48 (see [`crate::dns::Network`]). The same text fails again.
 ///
 /// Lookups do not fail: an address the database does not place is simply unknown, and the
 /// ranking falls back to what was measured (see [`crate::geoip::GeoIp::lookup`]). Bad DNS
@@ -39,4 +41,6 @@ pub enum GeoError {
     },
     #[error("geo DNS server stopped: {reason}; restart the process to serve DNS again")]
     DnsStopped { reason: String },
+    #[error("`{input}` is not a client network: {problem} (an IPv4 /24 or an IPv6 /48, such as 192.0.2.0/24 or 2001:db8:1::/48)")]
+    Network { input: String, problem: String },
 }

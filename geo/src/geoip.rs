@@ -7,11 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use maxminddb::{MaxMindDbError, Reader};
-use sat_proto::control::Location;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::GeoError;
+use crate::{GeoError, Location};
 
 /// A MaxMind DB with the City layout (GeoIP2 or GeoLite2 City, or DB-IP's City databases),
 /// held in memory. Lookups take `&self` and do no IO, so one `GeoIp` can serve every task.

@@ -290,28 +290,24 @@ fn clearly_faster(new: Duration, old: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sat_proto::control::{RelayInfo, RelayState};
-
     use super::*;
-    use crate::rank::{rank, Candidate, Client};
+    use crate::rank::{rank, Client, PeerRtts, Relay, State};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
     /// Relays with a 1 ms round trip to the primary, so end to end = client RTT + 1 ms.
-    fn relays(names: &[&str]) -> Vec<RelayInfo> {
+    fn relays(names: &[&str]) -> Vec<Relay> {
         names
             .iter()
-            .map(|&name| RelayInfo {
+            .map(|&name| Relay {
                 name: name.to_owned(),
                 region: format!("region-{name}"),
-                state: RelayState::Up,
-                addresses: vec![],
+                state: State::Up,
                 location: None,
-                rtt_us: 1000,
+                primary_rtt: Some(ms(1)),
                 load: 0.0,
-                latency_url: None,
             })
             .collect()
     }
@@ -339,7 +335,7 @@ mod tests {
         fn run(
             &mut self,
             choice: &mut Hysteresis,
-            relays: &[RelayInfo],
+            relays: &[Relay],
             rtts: &[(&str, u64)],
             overloaded: &[&str],
         ) -> Option<Switch> {
@@ -349,22 +345,22 @@ mod tests {
         }
     }
 
-    type Ranking = (Client, Vec<(RelayInfo, f32)>);
+    type Ranking = (Client, Vec<Relay>);
 
-    fn ranking(relays: &[RelayInfo], rtts: &[(&str, u64)], overloaded: &[&str]) -> Ranking {
+    fn ranking(relays: &[Relay], rtts: &[(&str, u64)], overloaded: &[&str]) -> Ranking {
         let client = Client {
             location: None,
             measured: rtts.iter().map(|&(n, r)| (n.to_owned(), ms(r))).collect(),
         };
         let with_load = relays
             .iter()
-            .map(|r| {
-                let load = if overloaded.contains(&r.name.as_str()) {
+            .map(|r| Relay {
+                load: if overloaded.contains(&r.name.as_str()) {
                     0.95
                 } else {
                     0.1
-                };
-                (r.clone(), load)
+                },
+                ..r.clone()
             })
             .collect();
         (client, with_load)
@@ -372,11 +368,7 @@ mod tests {
 
     fn rank_of(ranking: &Ranking) -> Vec<Ranked<'_>> {
         let (client, relays) = ranking;
-        let candidates: Vec<Candidate<'_>> = relays
-            .iter()
-            .map(|(info, load)| Candidate { info, load: *load })
-            .collect();
-        rank(client, &candidates)
+        rank(client, relays, &PeerRtts::default())
     }
 
     fn to(name: &str, reason: Reason, from: Option<&str>) -> Option<Switch> {
@@ -527,8 +519,8 @@ mod tests {
             assert_eq!(choice.current(), Some("a"));
 
             match how {
-                "down" => net[0].state = RelayState::Down,
-                "draining" => net[0].state = RelayState::Draining,
+                "down" => net[0].state = State::Down,
+                "draining" => net[0].state = State::Draining,
                 _ => {
                     net.remove(0);
                 }
@@ -547,12 +539,12 @@ mod tests {
         for _ in 0..5 {
             rounds.run(&mut choice, &net, &rtts, &[]);
         }
-        net[0].state = RelayState::Down;
+        net[0].state = State::Down;
         assert!(rounds.run(&mut choice, &net, &rtts, &[]).is_some());
         assert_eq!(choice.current(), Some("b"));
 
         // a is back, as fast as before; its samples from before it went down do not count.
-        net[0].state = RelayState::Up;
+        net[0].state = State::Up;
         assert_eq!(rounds.run(&mut choice, &net, &rtts, &[]), None);
         assert_eq!(rounds.run(&mut choice, &net, &rtts, &[]), None);
         let switch = rounds.run(&mut choice, &net, &rtts, &[]);
@@ -587,7 +579,7 @@ mod tests {
         let mut choice = Hysteresis::new(History::default());
         let mut rounds = Rounds::new();
         rounds.run(&mut choice, &net, &[("a", 10)], &[]);
-        net[0].state = RelayState::Down;
+        net[0].state = State::Down;
         let lost = Switch {
             from: Some("a".to_owned()),
             to: None,
@@ -596,7 +588,7 @@ mod tests {
         assert_eq!(rounds.run(&mut choice, &net, &[], &[]), Some(lost));
         assert_eq!(choice.current(), None);
         assert_eq!(rounds.run(&mut choice, &net, &[], &[]), None);
-        net[0].state = RelayState::Up;
+        net[0].state = State::Up;
         assert_eq!(
             rounds.run(&mut choice, &net, &[("a", 10)], &[]),
             to("a", Reason::First, None)

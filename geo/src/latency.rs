@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use sat_proto::control::Location;
+use crate::Location;
 
 /// Mean radius of the Earth (IUGG), in km. The haversine formula treats the Earth as a sphere,
 /// which is within 0.5% of the ellipsoid's distances: far below the model's other errors.

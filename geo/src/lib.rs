@@ -11,20 +11,28 @@
 //! - [`latency`]: great-circle distance and the round trip it suggests, for relays nothing has
 //!   been measured to yet; where the constants come from.
 //! - [`rank`]: the ranking, a pure function from a client and the relays (health, load, round
-//!   trips) to the relays in order of estimated end-to-end round trip.
+//!   trips, and the relays' round trips to each other, which place the relays a client has not
+//!   measured) to the relays in order of estimated end-to-end round trip.
 //! - [`hysteresis`]: the choice of one relay over time, which moves only for a clear gain (the
 //!   Tailscale rule), and at once when the relay in use goes.
 //! - [`dns`]: the geo DNS server (hickory-server): authoritative for one zone, A/AAAA answers
-//!   with the best relays for the client's EDNS Client Subnet or address, over UDP and TCP.
+//!   with the best relays for the client's EDNS Client Subnet or address (by GeoIP, and by the
+//!   round trips that clients of its /24 or /48 reported), over UDP and TCP.
 //!
-//! Errors: [`GeoError`], from opening a GeoIP database and from the DNS server's config and
-//! sockets; lookups and rankings do not fail.
+//! Inputs are geo's own types, not the wire protocol's: [`Location`], the relays as
+//! [`rank::Relay`], their round trips to each other as [`rank::PeerRtts`], and client networks
+//! as [`dns::Network`]. The callers convert what the control plane pushes into them.
+//!
+//! Errors: [`GeoError`], from opening a GeoIP database, from the DNS server's config and
+//! sockets, and from parsing a [`dns::Network`]; lookups and rankings do not fail.
 
 pub mod dns;
 mod error;
 pub mod geoip;
 pub mod hysteresis;
 pub mod latency;
+mod location;
 pub mod rank;
 
 pub use error::GeoError;
+pub use location::Location;

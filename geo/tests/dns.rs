@@ -2,6 +2,7 @@
 //! tests/run installs): ECS answers and scopes, bad packets that must not stop it, and TC over
 //! UDP with the retry over TCP.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::Output;
@@ -12,9 +13,10 @@ use anyhow::{bail, ensure, Context, Result};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
-use sat_geo::dns::{serve, DnsConfig, DnsTable};
+use sat_geo::dns::{serve, DnsConfig, DnsRelay, DnsTable};
 use sat_geo::geoip::GeoIp;
-use sat_proto::control::{Location, RelayInfo, RelayState};
+use sat_geo::rank::{PeerRtts, Relay, State};
+use sat_geo::Location;
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,21 +35,20 @@ const SINGAPORE: Location = Location {
     lon: 103.8198,
 };
 
-fn relay(name: &str, location: Location, addresses: Vec<String>) -> RelayInfo {
-    RelayInfo {
+fn relay(name: &str, location: Location, addresses: &[String]) -> DnsRelay {
+    let relay = Relay {
         name: name.to_owned(),
         region: format!("region-{name}"),
-        state: RelayState::Up,
-        addresses,
+        state: State::Up,
         location: Some(location),
-        rtt_us: 10_000,
+        primary_rtt: Some(Duration::from_millis(10)),
         load: 0.1,
-        latency_url: None,
-    }
+    };
+    DnsRelay::new(relay, addresses)
 }
 
 /// London, New York and Singapore, each with one IPv4 address and `v6` IPv6 addresses.
-fn relays(v6: u16) -> Vec<RelayInfo> {
+fn relays(v6: u16) -> Vec<DnsRelay> {
     [
         ("lon", LONDON, 1),
         ("nyc", NEW_YORK, 2),
@@ -57,9 +58,14 @@ fn relays(v6: u16) -> Vec<RelayInfo> {
     .map(|(name, location, n)| {
         let mut addresses = vec![format!("198.51.100.{n}:443")];
         addresses.extend((1..=v6).map(|i| format!("[2001:db8:{n}::{i:x}]:443")));
-        relay(name, location, addresses)
+        relay(name, location, &addresses)
     })
     .collect()
+}
+
+/// A table of relays, with nothing measured about them.
+fn relays_only(relays: Vec<DnsRelay>) -> DnsTable {
+    DnsTable::new(relays, PeerRtts::default(), BTreeMap::new())
 }
 
 /// A running server on 127.0.0.1, UDP and TCP on the same port as dig expects; stopped on drop.
@@ -71,7 +77,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(relays: &[RelayInfo]) -> Result<Self> {
+    async fn start(relays: &[DnsRelay]) -> Result<Self> {
         let (udp, tcp) = bind_pair()?;
         let port = udp.local_addr()?.port();
         let geoip =
@@ -79,7 +85,7 @@ impl Server {
         let geoip = Arc::new(GeoIp::open(&geoip)?);
         let mut config = DnsConfig::for_zone("sat.example.com");
         config.hosts.insert("app".into(), "app".into());
-        let (table, rx) = watch::channel(Arc::new(DnsTable::from_relay_map(relays)));
+        let (table, rx) = watch::channel(Arc::new(relays_only(relays.to_vec())));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(config, udp, tcp, rx, geoip, shutdown.clone()));
         Ok(Self {
@@ -99,6 +105,12 @@ impl Server {
             String::from_utf8_lossy(&output.stderr)
         );
         Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// `dig app.sat.example.com A` with the ECS option for `subnet`.
+    async fn a_for_subnet(&self, subnet: &str) -> Result<String> {
+        let ecs = format!("+subnet={subnet}");
+        self.dig(&["app.sat.example.com", "A", &ecs]).await
     }
 
     fn addr(&self) -> SocketAddr {
@@ -188,9 +200,7 @@ async fn dig_gets_the_nearest_relays_with_the_ecs_scope() -> Result<()> {
         ("89.160.20.112/28", "89.160.20.112/28/28", [LON, NYC]),
     ];
     for (subnet, scope_line, want) in cases {
-        let out = server
-            .dig(&["app.sat.example.com", "A", &format!("+subnet={subnet}")])
-            .await?;
+        let out = server.a_for_subnet(subnet).await?;
         assert_eq!(status(&out), Some("NOERROR"), "{out}");
         assert!(flags(&out).contains(&"aa"), "{out}");
         assert_eq!(answers(&out), want, "{subnet}: {out}");
@@ -254,10 +264,8 @@ async fn a_relay_out_of_rotation_leaves_the_next_answer() -> Result<()> {
     );
 
     let mut drained = relays(1);
-    drained[0].state = RelayState::Draining;
-    server
-        .table
-        .send_replace(Arc::new(DnsTable::from_relay_map(&drained)));
+    drained[0].relay.state = State::Draining;
+    server.table.send_replace(Arc::new(relays_only(drained)));
     assert_eq!(
         server
             .dig(&ask)
@@ -266,6 +274,32 @@ async fn a_relay_out_of_rotation_leaves_the_next_answer() -> Result<()> {
             .collect::<Vec<_>>(),
         [NYC, SIN]
     );
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_networks_measurements_decide_its_answers_and_their_scope() -> Result<()> {
+    let server = Server::start(&relays(1)).await?;
+    // Clients of 214.78.121.0/24, inside San Diego's 214.78.120.0/22 in GeoIP, reported
+    // Singapore at 5 ms.
+    let network = "214.78.121.0/24".parse()?;
+    let measured = [("sin".to_owned(), Duration::from_millis(5))].into();
+    let table = DnsTable::new(relays(1), PeerRtts::default(), [(network, measured)].into());
+    server.table.send_replace(Arc::new(table));
+    let cases = [
+        // Measured: Singapore first, and the answer holds for the /24 only.
+        ("214.78.121.0/24", "214.78.121.0/24/24", [SIN, NYC]),
+        // The rest of the GeoIP network: nearest by distance, for all of the /22.
+        ("214.78.120.0/24", "214.78.120.0/24/22", [NYC, LON]),
+        // A /16 holds the measured /24 but many other networks: GeoIP alone (it does not
+        // place 214.78.0.0, so the relays go by name).
+        ("214.78.0.0/16", "214.78.0.0/16/16", [LON, NYC]),
+    ];
+    for (subnet, scope_line, want) in cases {
+        let out = server.a_for_subnet(subnet).await?;
+        assert_eq!(answers(&out), want, "{subnet}: {out}");
+        assert_eq!(client_subnet(&out), Some(scope_line), "{out}");
+    }
     server.stop().await
 }
 

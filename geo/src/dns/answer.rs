@@ -14,12 +14,12 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_proto::xfer::Protocol;
 use hickory_server::authority::MessageRequest;
-use sat_proto::control::Location;
 
 use super::config::Node;
 use super::table::DnsTable;
-use super::GeoDns;
-use crate::rank::{rank, Candidate, Client};
+use super::{GeoDns, Network};
+use crate::rank::{rank, Client};
+use crate::Location;
 
 /// Without EDNS, a UDP answer may not exceed this (RFC 1035, section 4.2.1).
 const CLASSIC_UDP_LIMIT: usize = 512;
@@ -191,7 +191,8 @@ impl GeoDns {
     }
 
     /// Fills in the answer to one question and returns the ECS scope it holds for: the client
-    /// network's prefix length if the answer depends on where the client is, else 0.
+    /// network's prefix length if the answer depends on where the client is (and at least a
+    /// [`Network`]'s, 24 or 48, where that network's measurements ranked it), else 0.
     fn answer(
         &self,
         query: &LowerQuery,
@@ -242,11 +243,13 @@ impl GeoDns {
             serves_relays && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
         if wants_relays {
             let (location, geo_scope) = self.locate(ecs, src);
+            let table = self.table.borrow().clone();
+            let measured = client_network(ecs, src)
+                .and_then(|(network, scope)| Some((table.measured(network)?, scope)));
             let client = Client {
                 location,
-                ..Client::default()
+                measured: measured.map(|(rtts, _)| rtts.clone()).unwrap_or_default(),
             };
-            let table = self.table.borrow().clone();
             if qtype != RecordType::AAAA {
                 self.relay_records(&table, &client, owner, false, &mut reply.answers);
             }
@@ -254,7 +257,10 @@ impl GeoDns {
                 self.relay_records(&table, &client, owner, true, &mut reply.answers);
             }
             if !reply.answers.is_empty() {
-                scope = geo_scope;
+                scope = match measured {
+                    Some((_, network_scope)) => geo_scope.max(network_scope),
+                    None => geo_scope,
+                };
             }
         }
 
@@ -309,19 +315,12 @@ impl GeoDns {
         v6: bool,
         out: &mut Vec<Record>,
     ) {
-        let relays: Vec<_> = table.relays().iter().filter(|r| r.has_family(v6)).collect();
-        let candidates: Vec<Candidate<'_>> = relays
-            .iter()
-            .map(|r| Candidate {
-                info: &r.info,
-                load: r.info.load,
-            })
-            .collect();
-        for ranked in rank(client, &candidates)
+        let relays = table.relays().iter().filter(|r| r.has_family(v6));
+        for ranked in rank(client, relays.clone().map(|r| &r.relay), table.peers())
             .iter()
             .take(self.zone.relays_per_answer)
         {
-            let Some(relay) = relays.iter().find(|r| ptr::eq(&r.info, ranked.relay)) else {
+            let Some(relay) = relays.clone().find(|r| ptr::eq(&r.relay, ranked.relay)) else {
                 continue;
             };
             if v6 {
@@ -330,6 +329,26 @@ impl GeoDns {
                 out.extend(relay.ipv4.iter().map(|&ip| a(owner, self.zone.ttl, ip)));
             }
         }
+    }
+}
+
+/// The client network whose reported round trips may rank the answer, and the ECS scope an
+/// answer ranked by them holds for (the network's prefix length, in the ECS option's family).
+///
+/// Without ECS it is the resolver's network. With ECS, the subnet must be at least as long as
+/// a [`Network`]: a shorter one (including a source prefix of 0, "do not use my address")
+/// may span many networks, whose clients' round trips differ.
+fn client_network(ecs: Option<&ClientSubnet>, src: IpAddr) -> Option<(Network, u8)> {
+    let addr = ecs.map_or(src, ClientSubnet::addr);
+    let network = Network::containing(addr);
+    let mut prefix_len = network.prefix_len();
+    if addr.is_ipv6() && network.addr().is_ipv4() {
+        // An IPv4-mapped subnet: its /24 sits 96 bits into the IPv6 address.
+        prefix_len += 96;
+    }
+    match ecs {
+        Some(ecs) if ecs.source_prefix() < prefix_len => None,
+        _ => Some((network, prefix_len)),
     }
 }
 

@@ -4,6 +4,15 @@
 //! resolver's address). It speaks UDP and TCP through hickory-server, honours ECS with the
 //! scope RFC 7871 asks for, and answers bad queries with FORMERR or REFUSED.
 //!
+//! Where clients of the query's network have reported round trips to relays (the table's
+//! measurements per [`Network`], an IPv4 /24 or an IPv6 /48), they rank the answer as the
+//! client's own measurements would, and the relays' round trips to each other place the relays
+//! they do not cover. They are used when the ECS source prefix is at least the network's (24 or
+//! 48), or for the resolver's own network when the query has no ECS. A shorter subnet, or a
+//! source prefix of 0, may span many networks, so it is answered by GeoIP alone. An answer that
+//! such measurements decided holds for that one network only, so its ECS scope is at least 24
+//! (or 48), even where the GeoIP network is wider.
+//!
 //! It is not a general DNS server: no zone files, no transfers, no DNSSEC, no recursion. Its
 //! zone holds the SOA and NS records at the apex, and the configured host names.
 //!
@@ -28,6 +37,7 @@
 
 mod answer;
 mod config;
+mod network;
 mod table;
 
 use std::sync::Arc;
@@ -41,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use config::{DnsConfig, SoaConfig};
+pub use network::Network;
 pub use table::{DnsRelay, DnsTable};
 
 use crate::geoip::GeoIp;

@@ -1,39 +1,49 @@
-//! The relays the DNS server hands out: a snapshot the caller replaces whenever the relay map
-//! changes. Queries read the snapshot in place; they never wait for the caller.
+//! The relays the DNS server hands out, and what is measured about them: a snapshot the caller
+//! replaces whenever the relay map or the measurements change. Queries read the snapshot in
+//! place; they never wait for the caller.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
-use sat_proto::control::RelayInfo;
+use super::Network;
+use crate::rank::{PeerRtts, Relay};
 
-/// The relays, with the addresses DNS answers carry. Build one from the relay map the control
-/// plane pushes ([`DnsTable::from_relay_map`]), and send it into the server's
-/// `watch::Receiver<Arc<DnsTable>>`.
+/// What the answers are made from: the relays, with the addresses DNS answers carry; the
+/// relays' round trips to each other; and the round trips that clients reported, per client
+/// network. The caller builds one from what the control plane pushes, converted into geo's
+/// types, and sends it into the server's `watch::Receiver<Arc<DnsTable>>`. Down and draining
+/// relays may stay in the table: the ranking leaves them out, so the table can be a plain copy
+/// of the relay map.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DnsTable {
     relays: Vec<DnsRelay>,
+    peers: PeerRtts,
+    networks: BTreeMap<Network, BTreeMap<String, Duration>>,
 }
 
-/// One relay: its entry in the relay map (name, state, location, round trip to the primary,
-/// load), and its public addresses by family.
+/// One relay as the ranking sees it (name, state, location, round trip to the primary, load),
+/// and its public addresses by family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsRelay {
-    pub info: RelayInfo,
+    pub relay: Relay,
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
 }
 
 impl DnsRelay {
-    /// The relay with the IP addresses among its `addresses` (`192.0.2.7`, `192.0.2.7:443`,
+    /// The relay with the IP addresses among `addresses` (`192.0.2.7`, `192.0.2.7:443`,
     /// `2001:db8::7`, `[2001:db8::7]:443`). Host names are left out: an A/AAAA answer cannot
     /// carry them. Unspecified addresses (`0.0.0.0`, `::`) are left out too, and IPv4-mapped
     /// IPv6 addresses count as IPv4.
-    pub fn from_info(info: RelayInfo) -> Self {
+    pub fn new(relay: Relay, addresses: &[impl AsRef<str>]) -> Self {
         let mut ipv4 = Vec::new();
         let mut ipv6 = Vec::new();
-        for address in &info.addresses {
-            let ip = match address.trim().parse::<SocketAddr>() {
+        for address in addresses {
+            let address = address.as_ref().trim();
+            let ip = match address.parse::<SocketAddr>() {
                 Ok(socket) => socket.ip(),
-                Err(_) => match address.trim().parse::<IpAddr>() {
+                Err(_) => match address.parse::<IpAddr>() {
                     Ok(ip) => ip,
                     Err(_) => continue,
                 },
@@ -44,7 +54,7 @@ impl DnsRelay {
                 _ => {}
             }
         }
-        Self { info, ipv4, ipv6 }
+        Self { relay, ipv4, ipv6 }
     }
 
     pub(crate) fn has_family(&self, v6: bool) -> bool {
@@ -57,52 +67,64 @@ impl DnsRelay {
 }
 
 impl DnsTable {
-    pub fn new(relays: Vec<DnsRelay>) -> Self {
-        Self { relays }
-    }
-
-    /// The table for a pushed relay map: every relay, with the IP addresses among its
-    /// `addresses` (see [`DnsRelay::from_info`]). Down and draining relays stay in the table
-    /// and the ranking leaves them out, so that the table is a plain copy of the map.
-    pub fn from_relay_map(relays: &[RelayInfo]) -> Self {
-        Self::new(relays.iter().cloned().map(DnsRelay::from_info).collect())
+    /// `peers` and `networks` may be empty. `peers` places relays that clients have not
+    /// measured (see [`crate::rank`]). `networks` holds, per client network, the round trips
+    /// its clients measured to relays, by relay name; an answer for a client in one of these
+    /// networks is ranked by them (see [`super`]).
+    pub fn new(
+        relays: Vec<DnsRelay>,
+        peers: PeerRtts,
+        networks: BTreeMap<Network, BTreeMap<String, Duration>>,
+    ) -> Self {
+        Self {
+            relays,
+            peers,
+            networks,
+        }
     }
 
     pub fn relays(&self) -> &[DnsRelay] {
         &self.relays
     }
+
+    pub fn peers(&self) -> &PeerRtts {
+        &self.peers
+    }
+
+    /// The round trips that clients in `network` reported, by relay name, if any.
+    pub fn measured(&self, network: Network) -> Option<&BTreeMap<String, Duration>> {
+        self.networks.get(&network).filter(|rtts| !rtts.is_empty())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use sat_proto::control::RelayState;
-
     use super::*;
+    use crate::rank::State;
 
     #[test]
     fn ip_literals_are_taken_and_host_names_left_out() {
-        let info = RelayInfo {
+        let eu = Relay {
             name: "eu".into(),
             region: "eu-west".into(),
-            state: RelayState::Up,
-            addresses: vec![
-                "relay-eu.example.net:443".into(),
-                "192.0.2.7:443".into(),
-                "192.0.2.7".into(),
-                "198.51.100.1".into(),
-                "[2001:db8::7]:443".into(),
-                "2001:db8::8".into(),
-                "::ffff:203.0.113.9".into(),
-                "0.0.0.0:443".into(),
-                "[::]:443".into(),
-                "garbage".into(),
-            ],
+            state: State::Up,
             location: None,
-            rtt_us: 0,
+            primary_rtt: None,
             load: 0.0,
-            latency_url: None,
         };
-        let relay = DnsRelay::from_info(info);
+        let addresses = [
+            "relay-eu.example.net:443",
+            "192.0.2.7:443",
+            "192.0.2.7",
+            "198.51.100.1",
+            "[2001:db8::7]:443",
+            " 2001:db8::8 ",
+            "::ffff:203.0.113.9",
+            "0.0.0.0:443",
+            "[::]:443",
+            "garbage",
+        ];
+        let relay = DnsRelay::new(eu, &addresses);
         let v4: Vec<Ipv4Addr> = ["192.0.2.7", "198.51.100.1", "203.0.113.9"]
             .iter()
             .map(|s| s.parse().unwrap())

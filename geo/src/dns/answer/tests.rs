@@ -1,10 +1,12 @@
 //! The handler, driven with queries built by hickory-proto and parsed as hickory-server parses
 //! them, and its answers encoded as hickory-server encodes them; no sockets.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
@@ -13,11 +15,12 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, B
 use hickory_proto::xfer::Protocol;
 use hickory_server::authority::{MessageRequest, MessageResponse};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use sat_proto::control::{Location, RelayInfo, RelayState};
 use tokio::sync::watch;
 
-use crate::dns::{DnsConfig, DnsRelay, DnsTable, GeoDns};
+use crate::dns::{DnsConfig, DnsRelay, DnsTable, GeoDns, Network};
 use crate::geoip::GeoIp;
+use crate::rank::{PeerRtts, Relay, State};
+use crate::Location;
 
 const LONDON: Location = Location {
     lat: 51.5074,
@@ -41,21 +44,20 @@ fn geoip() -> Arc<GeoIp> {
     Arc::new(GeoIp::open(&path).expect("test database"))
 }
 
-fn relay(name: &str, location: Location, addresses: &[&str]) -> RelayInfo {
-    RelayInfo {
+fn relay(name: &str, location: Location, addresses: &[&str]) -> DnsRelay {
+    let relay = Relay {
         name: name.to_owned(),
         region: format!("region-{name}"),
-        state: RelayState::Up,
-        addresses: addresses.iter().map(|&a| a.to_owned()).collect(),
+        state: State::Up,
         location: Some(location),
-        rtt_us: 10_000,
+        primary_rtt: Some(Duration::from_millis(10)),
         load: 0.1,
-        latency_url: None,
-    }
+    };
+    DnsRelay::new(relay, addresses)
 }
 
 /// Relays in London, New York and Singapore, dual-stack, all 10 ms from the primary.
-fn three_relays() -> Vec<RelayInfo> {
+fn three_relays() -> Vec<DnsRelay> {
     vec![
         relay("lon", LONDON, &["198.51.100.1:443", "[2001:db8::1]:443"]),
         relay("nyc", NEW_YORK, &["198.51.100.2:443", "[2001:db8::2]:443"]),
@@ -75,14 +77,19 @@ fn config() -> DnsConfig {
     config
 }
 
+/// A table of relays, with nothing measured about them.
+fn relays_only(relays: &[DnsRelay]) -> DnsTable {
+    DnsTable::new(relays.to_vec(), PeerRtts::default(), BTreeMap::new())
+}
+
 struct Fixture {
     dns: GeoDns,
     table: watch::Sender<Arc<DnsTable>>,
 }
 
 impl Fixture {
-    fn new(config: &DnsConfig, relays: &[RelayInfo]) -> Self {
-        let (table, rx) = watch::channel(Arc::new(DnsTable::from_relay_map(relays)));
+    fn new(config: &DnsConfig, relays: &[DnsRelay]) -> Self {
+        let (table, rx) = watch::channel(Arc::new(relays_only(relays)));
         let dns = GeoDns::new(config, rx, geoip()).expect("valid config");
         Self { dns, table }
     }
@@ -91,9 +98,12 @@ impl Fixture {
         Self::new(&config(), &three_relays())
     }
 
-    fn set_relays(&self, relays: &[RelayInfo]) {
-        self.table
-            .send_replace(Arc::new(DnsTable::from_relay_map(relays)));
+    fn set_relays(&self, relays: &[DnsRelay]) {
+        self.set_table(relays_only(relays));
+    }
+
+    fn set_table(&self, table: DnsTable) {
+        self.table.send_replace(Arc::new(table));
     }
 
     /// Sends `query` as bytes from the resolver over `protocol` and returns the decoded answer.
@@ -343,11 +353,174 @@ async fn without_ecs_the_resolver_address_places_the_client() {
     assert_eq!(ecs_of(&answer), None);
 }
 
+/// Round trips that clients of each network reported, in ms, by relay name.
+fn networks(entries: &[(&str, &[(&str, u64)])]) -> BTreeMap<Network, BTreeMap<String, Duration>> {
+    entries
+        .iter()
+        .map(|&(network, rtts)| {
+            let rtts = rtts
+                .iter()
+                .map(|&(relay, ms)| (relay.to_owned(), Duration::from_millis(ms)))
+                .collect();
+            (network.parse().unwrap(), rtts)
+        })
+        .collect()
+}
+
+/// The three relays, and what clients of `measured` networks reported.
+fn measured_table(measured: &[(&str, &[(&str, u64)])]) -> DnsTable {
+    DnsTable::new(three_relays(), PeerRtts::default(), networks(measured))
+}
+
+/// The addresses and the ECS scope of the answer to an A (or, for an IPv6 subnet, AAAA) query
+/// for `subnet`.
+async fn answer_for(f: &Fixture, subnet: &str) -> (Vec<IpAddr>, u8) {
+    let sent: ClientSubnet = subnet.parse().unwrap();
+    let qtype = if sent.addr().is_ipv4() {
+        RecordType::A
+    } else {
+        RecordType::AAAA
+    };
+    let answer = f
+        .ask(&with_ecs(query("app.sat.example.com.", qtype), subnet))
+        .await;
+    let scope = ecs_of(&answer).expect("ECS echoed").scope_prefix();
+    (addresses(&answer), scope)
+}
+
+#[tokio::test]
+async fn measurements_rank_the_answer_for_their_network_only() {
+    let f = Fixture::standard();
+    // Clients in London's 81.2.69.0/24 find Singapore 3 ms away and London 200 ms: a tunnel,
+    // say, that GeoIP cannot know about.
+    f.set_table(measured_table(&[(
+        "81.2.69.0/24",
+        &[("sin", 3), ("lon", 200)],
+    )]));
+    let cases = [
+        // New York, unmeasured, is placed by distance (about 89 ms) and beats London. GeoIP's
+        // network (a /31) is narrower than the /24, so its scope stands.
+        ("81.2.69.142/32", [SIN4, NYC4], 31),
+        // GeoIP does not place the /24 itself: the measured relays come first.
+        ("81.2.69.0/24", [SIN4, LON4], 24),
+        // The /24 next door, and another city: GeoIP as before.
+        ("81.2.68.0/24", [LON4, NYC4], 24),
+        ("89.160.20.112/28", [LON4, NYC4], 28),
+    ];
+    for (subnet, want, scope) in cases {
+        assert_eq!(
+            answer_for(&f, subnet).await,
+            (ips(&want), scope),
+            "{subnet}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_answer_from_measurements_is_scoped_to_their_network() {
+    let f = Fixture::standard();
+    // One GeoIP network, San Diego's 214.78.120.0/22: an answer from GeoIP holds for all of
+    // it, but one from what clients of 214.78.121.0/24 measured holds for that /24 only.
+    let geo_only = [NYC4, LON4];
+    assert_eq!(
+        answer_for(&f, "214.78.121.0/24").await,
+        (ips(&geo_only), 22)
+    );
+    f.set_table(measured_table(&[("214.78.121.0/24", &[("sin", 5)])]));
+    assert_eq!(
+        answer_for(&f, "214.78.121.0/24").await,
+        (ips(&[SIN4, NYC4]), 24)
+    );
+    assert_eq!(
+        answer_for(&f, "214.78.121.7/32").await,
+        (ips(&[SIN4, NYC4]), 24)
+    );
+    assert_eq!(
+        answer_for(&f, "214.78.120.0/24").await,
+        (ips(&geo_only), 22)
+    );
+
+    // IPv6: Japan's 2001:218::/32 in GeoIP (Singapore is nearest); measured, its /48 only.
+    assert_eq!(
+        answer_for(&f, "2001:218:0:1::/64").await,
+        (ips(&["2001:db8::3", "2001:db8::1"]), 32)
+    );
+    f.set_table(measured_table(&[("2001:218::/48", &[("nyc", 4)])]));
+    assert_eq!(
+        answer_for(&f, "2001:218:0:1::/64").await,
+        (ips(&["2001:db8::2", "2001:db8::3"]), 48)
+    );
+}
+
+#[tokio::test]
+async fn a_subnet_shorter_than_the_network_does_not_use_its_measurements() {
+    let plain = Fixture::standard();
+    let f = Fixture::standard();
+    f.set_table(measured_table(&[
+        ("214.78.120.0/24", &[("sin", 5)]),
+        ("214.78.121.0/24", &[("sin", 5)]),
+        ("2001:218::/48", &[("nyc", 4)]),
+    ]));
+    // A /23 and a /16 that hold the measured /24s: they may hold other networks too.
+    for subnet in ["214.78.120.0/23", "214.78.0.0/16", "2001:218::/40"] {
+        assert_eq!(
+            answer_for(&f, subnet).await,
+            answer_for(&plain, subnet).await,
+            "{subnet}"
+        );
+    }
+    assert_eq!(answer_for(&f, "214.78.0.0/16").await.1, 16);
+}
+
+#[tokio::test]
+async fn without_ecs_the_resolvers_network_measurements_rank() {
+    let f = Fixture::standard();
+    // RESOLVER is in 192.0.2.0/24, which GeoIP does not place.
+    f.set_table(measured_table(&[("192.0.2.0/24", &[("sin", 5)])]));
+    let answer = f.ask(&query("app.sat.example.com.", RecordType::A)).await;
+    assert_eq!(addresses(&answer), ips(&[SIN4, LON4]));
+    // A source prefix of 0 asks that no address be used to tailor the answer: not even the
+    // resolver's network's measurements, which would need a scope of 24 for 0.0.0.0.
+    let answer = f
+        .ask(&with_ecs(
+            query("app.sat.example.com.", RecordType::A),
+            "0.0.0.0/0",
+        ))
+        .await;
+    assert_eq!(addresses(&answer), ips(&[LON4, NYC4]));
+    assert_eq!(ecs_of(&answer).unwrap().scope_prefix(), 0);
+}
+
+#[tokio::test]
+async fn peer_round_trips_place_the_relays_a_network_has_not_measured() {
+    let f = Fixture::standard();
+    let measured = networks(&[("81.2.69.0/24", &[("lon", 50)])]);
+    // Without peers, New York and Singapore are both unknown, and go by name.
+    f.set_table(DnsTable::new(
+        three_relays(),
+        PeerRtts::default(),
+        measured.clone(),
+    ));
+    assert_eq!(
+        answer_for(&f, "81.2.69.0/24").await,
+        (ips(&[LON4, NYC4]), 24)
+    );
+    // Singapore is 5 ms from London, so at most 55 ms from these clients.
+    let peers = [("lon", "sin", Duration::from_millis(5))]
+        .into_iter()
+        .collect();
+    f.set_table(DnsTable::new(three_relays(), peers, measured));
+    assert_eq!(
+        answer_for(&f, "81.2.69.0/24").await,
+        (ips(&[LON4, SIN4]), 24)
+    );
+}
+
 #[tokio::test]
 async fn draining_and_down_relays_are_never_handed_out() {
     let f = Fixture::standard();
     let mut relays = three_relays();
-    relays[0].state = RelayState::Draining;
+    relays[0].relay.state = State::Draining;
     f.set_relays(&relays);
     let london = with_ecs(
         query("app.sat.example.com.", RecordType::A),
@@ -355,12 +528,12 @@ async fn draining_and_down_relays_are_never_handed_out() {
     );
     assert_eq!(addresses(&f.ask(&london).await), ips(&[NYC4, SIN4]));
 
-    relays[1].state = RelayState::Down;
+    relays[1].relay.state = State::Down;
     f.set_relays(&relays);
     assert_eq!(addresses(&f.ask(&london).await), ips(&[SIN4]));
 
     // None left: NODATA, cached no longer than an answer would be.
-    relays[2].state = RelayState::Down;
+    relays[2].relay.state = State::Down;
     f.set_relays(&relays);
     let answer = f.ask(&london).await;
     assert_eq!(answer.response_code(), ResponseCode::NoError);
@@ -378,7 +551,7 @@ async fn draining_and_down_relays_are_never_handed_out() {
 async fn overloaded_relay_is_demoted() {
     let f = Fixture::standard();
     let mut relays = three_relays();
-    relays[0].load = 0.95;
+    relays[0].relay.load = 0.95;
     f.set_relays(&relays);
     let london = with_ecs(
         query("app.sat.example.com.", RecordType::A),
@@ -778,7 +951,7 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn crowded_relays(count: u16) -> Vec<RelayInfo> {
+fn crowded_relays(count: u16) -> Vec<DnsRelay> {
     let many = |net: u16| -> Vec<String> {
         (1..=count)
             .map(|i| format!("[2001:db8:{net:x}::{i:x}]:443"))
@@ -836,7 +1009,6 @@ async fn big_udp_answers_are_truncated_and_tcp_carries_them() {
 
 #[test]
 fn relays_with_no_ip_address_are_not_answered() {
-    let info = relay("named", LONDON, &["relay.example.net:443"]);
-    let relay = DnsRelay::from_info(info);
+    let relay = relay("named", LONDON, &["relay.example.net:443"]);
     assert!(relay.ipv4.is_empty() && relay.ipv6.is_empty());
 }
