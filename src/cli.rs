@@ -342,12 +342,15 @@ pub(crate) fn ca_path(args: &RelayArgs) -> Result<PathBuf, ClientError> {
 
 async fn relays(args: &RelayArgs, json: bool) -> u8 {
     let probed = match ca_path(args) {
-        Ok(ca) => match &args.relay {
-            Some(relay) => sat_client::probe_relays(relay, &ca).await,
-            None => Err(ClientError::Probe(
-                "which relay? pass --relay host:port (any relay: it lists the others) or set SAT_RELAY".into(),
-            )),
-        },
+        Ok(ca) => {
+            let sources = match &args.relay {
+                Some(relay) => vec![relay.clone()],
+                None => cache_dir()
+                    .map(|dir| sat_client::cached_relays(&sat_client::cache_path(&dir, &ca)))
+                    .unwrap_or_default(),
+            };
+            sat_client::probe_relays(&sources, &ca).await
+        }
         Err(e) => Err(e),
     };
     match probed {

@@ -173,6 +173,13 @@ async fn connect_takes_the_whole_path_and_does_not_flap_under_jitter() -> Result
         .context("no relay cache file")?;
     let cache: Value = serde_json::from_slice(&std::fs::read(cache.path())?)?;
     ensure!(cache["current"] == used[0].as_str(), "cache: {cache:#}");
+    // With a cache, `sat relays` needs no --relay.
+    let mut cmd = sat_cmd(["relays", "--json", "--ca"]);
+    cmd.arg(net.ca());
+    let (status, out, err) = run(cmd, SHORT).await?;
+    ensure!(status.success(), "sat relays from the cache: {err}");
+    let rows: Vec<Value> = serde_json::from_str(&out)?;
+    ensure!(rows.len() == 3, "{rows:#?}");
 
     let deadline = Instant::now() + Duration::from_secs(25);
     loop {

@@ -335,16 +335,9 @@ impl Chooser {
     fn sources(&self) -> Vec<String> {
         let mut sources: Vec<String> = self.options.relay.iter().cloned().collect();
         if let Ok(state) = self.state.lock() {
-            let current = state.hysteresis.current();
-            let mut known: Vec<(bool, &String)> = state
-                .relays
-                .iter()
-                .map(|(name, k)| (Some(name.as_str()) != current, &k.dial))
-                .collect();
-            known.sort();
-            for (_, dial) in known {
-                if !sources.contains(dial) {
-                    sources.push(dial.clone());
+            for dial in known_dials(&state.relays, state.hysteresis.current()) {
+                if !sources.contains(&dial) {
+                    sources.push(dial);
                 }
             }
         }
@@ -465,6 +458,23 @@ pub fn cache_path(dir: &Path, ca: &Path) -> PathBuf {
         })
         .unwrap_or_else(|| "default".into());
     dir.join(format!("relays-{id}.json"))
+}
+
+/// The relays a cache file knows, the current one first: where to ask for the relay map when
+/// the user names no relay.
+pub fn cached_relays(path: &Path) -> Vec<String> {
+    let cache = load(path);
+    known_dials(&cache.relays, cache.current.as_deref())
+}
+
+/// The relays' addresses, `current` first.
+fn known_dials(relays: &BTreeMap<String, Known>, current: Option<&str>) -> Vec<String> {
+    let mut known: Vec<(bool, &String)> = relays
+        .iter()
+        .map(|(name, k)| (Some(name.as_str()) != current, &k.dial))
+        .collect();
+    known.sort();
+    known.into_iter().map(|(_, dial)| dial.clone()).collect()
 }
 
 fn load(path: &Path) -> CacheFile {

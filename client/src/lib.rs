@@ -18,7 +18,7 @@ mod probe;
 mod route;
 mod tunnel;
 
-pub use choose::{cache_path, Chooser, Options};
+pub use choose::{cache_path, cached_relays, Chooser, Options};
 pub use dial::{Dialer, Transport};
 pub use error::ClientError;
 pub use probe::{dial_address, probe_relays, Probed, Prober};

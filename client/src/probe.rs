@@ -37,12 +37,15 @@ pub struct Probed {
     pub rank: Option<usize>,
 }
 
-/// Fetches the relay map from `relay` (host:port of its HTTPS listener) and probes every
-/// relay that is up, in parallel. The result is in ranking order, the chosen one first, then
-/// the relays left out.
-pub async fn probe_relays(relay: &str, ca: &std::path::Path) -> Result<Vec<Probed>, ClientError> {
+/// Fetches the relay map from the first of `sources` (host:port of relays' HTTPS listeners)
+/// that answers, and probes every relay that is up, in parallel. The result is in ranking
+/// order, the chosen one first, then the relays left out.
+pub async fn probe_relays(
+    sources: &[String],
+    ca: &std::path::Path,
+) -> Result<Vec<Probed>, ClientError> {
     let prober = Prober::new(ca)?;
-    let infos = prober.relay_map(&[relay.to_owned()]).await?;
+    let infos = prober.relay_map(sources).await?;
     let results = prober.time_all(&infos).await;
     Ok(rank_probed(infos, results))
 }
