@@ -7,7 +7,9 @@
 //! - [`up`]: lay out the data directory, start everything, stop it in order.
 //! - [`demo`]: the demo web app (which relay served you, WebSocket echo).
 //! - [`echo`]: a TCP echo service that honours half-close.
+//! - [`delay`]: the delay proxy that puts distance between the regions.
 
+pub mod delay;
 pub mod demo;
 pub mod echo;
 mod error;
