@@ -332,20 +332,61 @@ fn descendants(root: i32) -> HashSet<i32> {
     }
 }
 
-/// `sat up` on its fixed addresses (the one test that uses them): it comes up, the curl and
-/// `sat connect` lines it prints work when pasted, its TCP port echoes, its config files pass
-/// check-config, and Ctrl-C stops it with exit 0 and no process left behind.
+/// The banner's `sat relays` line, run with `--json`: from this machine ap-south is the nearest
+/// relay, but us-east, the farthest, is chosen for the shortest whole path.
+async fn check_relay_choice(banner: &[String], dir: &Path) -> Result<()> {
+    let line = banner
+        .iter()
+        .find(|l| l.contains(" relays --relay"))
+        .context("the banner has no `sat relays` line")?;
+    let json = paste(&format!("{} --json", line.trim()), dir).await?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&json).with_context(|| format!("sat relays printed {json}"))?;
+    let rtt = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["rtt_us"].as_u64())
+            .with_context(|| format!("{name} unmeasured: {rows:#?}"))
+    };
+    let chosen: Vec<&serde_json::Value> = rows.iter().filter(|r| r["chosen"] == true).collect();
+    ensure!(
+        chosen.len() == 1 && chosen[0]["name"] == "relay-us-east",
+        "us-east should be chosen: {rows:#?}"
+    );
+    let (us, eu, ap) = (
+        rtt("relay-us-east")?,
+        rtt("relay-eu-west")?,
+        rtt("relay-ap-south")?,
+    );
+    // 80, 65 and 40 ms each way from here, less a little for the proxies' timer rounding.
+    ensure!(
+        us > 150_000 && eu > 120_000 && ap > 75_000 && ap < eu && eu < us,
+        "round trips from here: us-east {us} µs, eu-west {eu} µs, ap-south {ap} µs"
+    );
+    Ok(())
+}
+
+/// `sat up` on its fixed addresses (the one test that uses them, so that no two run at once):
+/// it comes up, the curl and `sat connect` lines it prints work when pasted, its TCP port
+/// echoes, its `sat relays` line shows the choice by the whole path, its config files
+/// pass check-config, and Ctrl-C stops it with exit 0 and no process left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
     let data = tempfile::tempdir()?;
     let mut cmd = sat_cmd(["up", "--data-dir"]);
     cmd.arg(data.path());
+    let started = Instant::now();
     // Its own process group, so that the test can send SIGINT as a terminal's Ctrl-C does.
     let mut up = Proc::spawn_logged("sat up", cmd, true)?;
     let out = up.out.clone().context("sat up stdout")?;
-    out.wait_for("ready", Duration::from_secs(90))
-        .await
-        .with_context(|| format!("sat up stderr:\n{}", up.log.tail()))?;
+    out.wait_for(
+        "Ctrl-C drains and stops everything",
+        Duration::from_secs(90),
+    )
+    .await
+    .with_context(|| format!("sat up stderr:\n{}", up.log.tail()))?;
+    eprintln!("sat up ready in {} ms", started.elapsed().as_millis());
+    let banner = out.lines();
 
     // The printed curl and `sat connect` commands, run as a user pasting them would.
     let curl = out
@@ -377,6 +418,8 @@ async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
         .context("sat up's echo port")?;
     echo.shutdown().await?;
     drop(echo);
+
+    check_relay_choice(&banner, data.path()).await?;
 
     for file in ["control.toml", "relay-us-east.toml"] {
         let (code, err) = check_config(&data.path().join(file)).await?;
