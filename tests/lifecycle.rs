@@ -332,6 +332,17 @@ fn descendants(root: i32) -> HashSet<i32> {
     }
 }
 
+/// What `sat up`'s simulated distances must show (see devnet/src/regions.rs): each banner `dig`
+/// subnet, the relay it gets, and the ECS scope (the database's network for it).
+const DNS_STORY: [(&str, &str, &str); 3] = [
+    // London: eu-west, in town.
+    ("81.2.69.142/32", "127.0.0.3", "81.2.69.142/32/31"),
+    // Changchun: us-east, though ap-south is nearer: ap-south's way to the primary is long.
+    ("175.16.199.0/24", "127.0.0.2", "175.16.199.0/24/24"),
+    // Singapore: ap-south, in town.
+    ("214.0.0.0/24", "127.0.0.4", "214.0.0.0/24/24"),
+];
+
 /// The banner's `sat relays` line, run with `--json`: from this machine ap-south is the nearest
 /// relay, but us-east, the farthest, is chosen for the shortest whole path.
 async fn check_relay_choice(banner: &[String], dir: &Path) -> Result<()> {
@@ -366,9 +377,35 @@ async fn check_relay_choice(banner: &[String], dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The banner's `dig` lines, as pasted: each subnet gets its relay, with the database's scope.
+async fn check_geo_dns(banner: &[String], dir: &Path) -> Result<()> {
+    for (subnet, want, scope) in DNS_STORY {
+        let line = banner
+            .iter()
+            .find(|l| l.contains("dig @") && l.contains(&format!("+subnet={subnet} ")))
+            .with_context(|| format!("the banner has no dig line for {subnet}"))?;
+        let out = paste(line.trim(), dir).await?;
+        let answers: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("demo.sat.test.") && l.contains("\tA\t"))
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        ensure!(
+            answers == [want],
+            "{subnet}: answers {answers:?}, want {want}\n{out}"
+        );
+        let ecs = out.lines().find(|l| l.contains("CLIENT-SUBNET"));
+        ensure!(
+            ecs.is_some_and(|l| l.contains(scope)),
+            "{subnet}: ECS line {ecs:?}, want scope {scope}"
+        );
+    }
+    Ok(())
+}
+
 /// `sat up` on its fixed addresses (the one test that uses them, so that no two run at once):
 /// it comes up, the curl and `sat connect` lines it prints work when pasted, its TCP port
-/// echoes, its `sat relays` line shows the choice by the whole path, its config files
+/// echoes, its `sat relays` and `dig` lines show routing by the whole path, its config files
 /// pass check-config, and Ctrl-C stops it with exit 0 and no process left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
@@ -420,6 +457,7 @@ async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
     drop(echo);
 
     check_relay_choice(&banner, data.path()).await?;
+    check_geo_dns(&banner, data.path()).await?;
 
     for file in ["control.toml", "relay-us-east.toml"] {
         let (code, err) = check_config(&data.path().join(file)).await?;

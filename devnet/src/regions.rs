@@ -66,6 +66,22 @@ pub static REGIONS: [Region; 3] = [
 /// Where, above a public port, a relay really listens, behind its delay proxy.
 pub const INNER_OFFSET: u16 = 10_000;
 
+/// Client subnets from MaxMind's test database for `dig +subnet=...`, with the place each
+/// stands for. With all three relays up, each gets a different one.
+pub const DIG_SUBNETS: [(&str, &str); 3] = [
+    ("81.2.69.142/32", "London"),
+    ("175.16.199.0/24", "Changchun, China"),
+    ("214.0.0.0/24", "Singapore"),
+];
+
+/// MaxMind's GeoIP2 City test database, for the relays' geo DNS: fake networks in real cities
+/// (London, Milton WA, Changchun, Singapore, ...), 22 KB. Copyright MaxMind, Inc., under the
+/// Apache License 2.0 or the MIT License; source and entries in tests/data/README.md.
+pub const GEOIP_TEST_DB: &[u8] = include_bytes!("../../tests/data/GeoIP2-City-Test.mmdb");
+
+/// The file name the database is written to, in the data directory.
+pub const GEOIP_FILE: &str = "GeoIP2-City-Test.mmdb";
+
 /// The proxies that put one relay at its region's distances; dropping them cuts its links.
 pub struct Links {
     _proxies: Vec<DelayProxy>,

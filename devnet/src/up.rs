@@ -19,13 +19,22 @@
 //! 2 × (80 + 1) = 162 ms. So `sat relays` chooses us-east: the farthest relay, on the shortest
 //! path. (Each proxy adds about 1.3 ms each way: tokio's timer rounds up.)
 //!
+//! # Geo DNS
+//!
+//! Every relay serves geo DNS for `sat.test` (`demo.sat.test`, `echo.sat.test`) on port 8053
+//! of its address, UDP and TCP, and places resolvers by the EDNS Client Subnet with MaxMind's
+//! test database (embedded in the binary, written to the data directory at each start). It
+//! estimates each relay's distance from its location and adds the relay's measured round trip
+//! to the primary: a London subnet gets eu-west, Milton (WA) us-east, Singapore ap-south, and
+//! Changchun us-east too: ap-south is nearer, but its way to the primary is long.
+//!
 //! # Layout
 //!
 //! A relay's public ports (HTTPS and QUIC 8443, HTTP 8080, echo 7000) are delay proxies on its
 //! address, in front of the relay itself at 18443, 18080 and 17000; its uplink goes through a
 //! proxy on its own address at 4433 to the control plane on 127.0.0.1:4433. The relays
-//! announce the public addresses, so the relay map and the latency checks lead through
-//! the proxies. The relay configs in the data directory describe the relays
+//! announce the public addresses, so the relay map, the latency checks and the DNS answers
+//! lead through the proxies. The relay configs in the data directory describe the relays
 //! without the proxies (public ports, the control plane direct), so that `sat relay --config`
 //! runs one alone.
 
@@ -46,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
-use crate::regions::{Links, Region, INNER_OFFSET};
+use crate::regions::{Links, Region, DIG_SUBNETS, GEOIP_FILE, GEOIP_TEST_DB, INNER_OFFSET};
 use crate::DevnetError;
 
 pub use crate::regions::REGIONS;
@@ -57,7 +66,10 @@ const ADMIN_ADDR: &str = "127.0.0.1:4434";
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 7000;
+const DNS_PORT: u16 = 8053;
 const DEMO_HOST: &str = "demo.localhost";
+/// The zone the relays' geo DNS answers for.
+const DNS_ZONE: &str = "sat.test";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ctrl-C drains; `sat up` is interactive, so the grace is short.
 const GRACE: &str = "3s";
@@ -104,6 +116,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         })
         .collect();
     write_pki(dir, &plans)?;
+    write_bytes(&dir.join(GEOIP_FILE), GEOIP_TEST_DB)?;
 
     let backends = TaskTracker::new();
     let backend_stop = CancellationToken::new();
@@ -234,7 +247,7 @@ async fn admin_client(token_file: &Path) -> Result<AdminClient, DevnetError> {
 
 /// Waits until every relay serves the demo app end to end (relay → QUIC → control → backend),
 /// and its relay map lists every relay up with its round trip to the primary, so that the
-/// banner's `sat relays` line shows the routing at once.
+/// banner's `sat relays` and `dig` lines show the routing at once.
 async fn wait_ready(plans: &[RelayPlan]) -> Result<(), DevnetError> {
     eprintln!(
         "waiting for {} relays to connect to the control plane ...",
@@ -312,12 +325,12 @@ fn banner(opts: &UpOptions, plans: &[RelayPlan], took: Duration) -> String {
         took.as_secs_f64(),
         plans.len()
     );
-    s += "  region     relay             https + quic      http              echo (tcp)\n";
+    s += "  region     relay             https + quic      http              echo (tcp)        dns (udp, tcp)\n";
     for p in plans {
-        let [https, http, echo] =
-            [HTTPS_PORT, HTTP_PORT, ECHO_PORT].map(|port| format!("{}:{port}", p.ip));
+        let [https, http, echo, dns] =
+            [HTTPS_PORT, HTTP_PORT, ECHO_PORT, DNS_PORT].map(|port| format!("{}:{port}", p.ip));
         s += &format!(
-            "  {:<10} {:<17} {https:<17} {http:<17} {echo}\n",
+            "  {:<10} {:<17} {https:<17} {http:<17} {echo:<17} {dns}\n",
             p.region.name, p.name
         );
     }
@@ -348,12 +361,19 @@ Try these:
   ssh -o ProxyCommand='{sat} connect ssh --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem' $USER@localhost
   open https://{DEMO_HOST}:{HTTPS_PORT}/ (trust {dir}/ca.pem) for the page and its WebSocket echo
 
-Which relay, by the whole path (you -> relay -> primary), measured from here:
+Which relay, by the whole path (you -> relay -> primary), measured from here and by geo DNS:
   {sat} relays --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem
-
-Ctrl-C drains and stops everything.
 "
     );
+    let digs = DIG_SUBNETS.map(|(subnet, place)| {
+        let dig = format!("dig @{first} -p {DNS_PORT} demo.{DNS_ZONE} +subnet={subnet}");
+        (dig, place)
+    });
+    let width = digs.iter().map(|(dig, _)| dig.len()).max().unwrap_or(0);
+    for (dig, place) in digs {
+        s += &format!("  {dig:<width$}  # a resolver in {place}\n");
+    }
+    s += "\nCtrl-C drains and stops everything.\n";
     s
 }
 
@@ -429,6 +449,17 @@ listen = "{ip}:{HTTP_PORT}"
 [[tcp]]
 service = "echo"
 listen = "{ip}:{ECHO_PORT}"
+
+# Geo DNS, placing resolvers with MaxMind's test database: fake networks in real cities,
+# (c) MaxMind, Inc., Apache-2.0 or MIT; `sat up` writes it here from the sat binary.
+[dns]
+listen = "{ip}:{DNS_PORT}"
+geoip = "{GEOIP_FILE}"
+
+[dns.authority]
+zone = "{DNS_ZONE}"
+hosts = {{ demo = "demo", echo = "echo" }}
+relays_per_answer = 1
 "#,
         name = p.name,
         region = r.name,
@@ -508,7 +539,11 @@ fn mkdir(dir: &Path) -> Result<(), DevnetError> {
 }
 
 fn write(path: &Path, text: &str) -> Result<(), DevnetError> {
-    std::fs::write(path, text).map_err(|source| DevnetError::Io {
+    write_bytes(path, text.as_bytes())
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), DevnetError> {
+    std::fs::write(path, bytes).map_err(|source| DevnetError::Io {
         path: path.to_owned(),
         source,
     })
