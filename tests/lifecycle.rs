@@ -403,25 +403,32 @@ async fn check_geo_dns(banner: &[String], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `sat up` on its fixed addresses (the one test that uses them, so that no two run at once):
-/// it comes up, the curl and `sat connect` lines it prints work when pasted, its TCP port
-/// echoes, its `sat relays` and `dig` lines show routing by the whole path, its config files
-/// pass check-config, and Ctrl-C stops it with exit 0 and no process left behind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
-    let data = tempfile::tempdir()?;
-    let mut cmd = sat_cmd(["up", "--data-dir"]);
-    cmd.arg(data.path());
-    let started = Instant::now();
-    // Its own process group, so that the test can send SIGINT as a terminal's Ctrl-C does.
-    let mut up = Proc::spawn_logged("sat up", cmd, true)?;
+/// Starts `sat up ARGS --data-dir DATA` in its own process group, so that the test can send
+/// SIGINT as a terminal's Ctrl-C does, and waits for the end of its banner.
+async fn start_up(data: &Path, args: &[&str]) -> Result<(Proc, Log)> {
+    let mut cmd = sat_cmd(["up"]);
+    cmd.args(args).arg("--data-dir").arg(data);
+    let up = Proc::spawn_logged("sat up", cmd, true)?;
     let out = up.out.clone().context("sat up stdout")?;
     out.wait_for(
         "Ctrl-C drains and stops everything",
         Duration::from_secs(90),
     )
     .await
-    .with_context(|| format!("sat up stderr:\n{}", up.log.tail()))?;
+    .with_context(|| format!("sat up {args:?} stderr:\n{}", up.log.tail()))?;
+    Ok((up, out))
+}
+
+/// `sat up` on its fixed addresses (the one test that uses them, so that no two run at once):
+/// it comes up, the curl and `sat connect` lines it prints work when pasted, its TCP port
+/// echoes, its `sat relays` and `dig` lines show routing by the whole path, its config files
+/// pass check-config, and Ctrl-C stops it with exit 0 and no process left behind. It starts
+/// again, with fewer relays, from the same data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let started = Instant::now();
+    let (mut up, out) = start_up(data.path(), &[]).await?;
     eprintln!("sat up ready in {} ms", started.elapsed().as_millis());
     let banner = out.lines();
 
@@ -482,5 +489,12 @@ async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
         left.is_empty(),
         "processes left after sat up exited: {left:?}"
     );
+
+    // Again in the same data dir, with one relay: the first run's other relays stay in the
+    // store, down, and must not hold up "ready".
+    let (mut again, _) = start_up(data.path(), &["--relays", "1"]).await?;
+    again.signal_group(libc::SIGINT)?;
+    let status = again.wait_exit(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "sat up --relays 1 exited with {status}");
     Ok(())
 }

@@ -257,7 +257,7 @@ async fn wait_ready(plans: &[RelayPlan]) -> Result<(), DevnetError> {
         let addr = SocketAddr::new(IpAddr::V4(plan.ip), HTTP_PORT);
         async move {
             loop {
-                if serves_demo(addr).await && lists_every_relay(addr, plans.len()).await {
+                if serves_demo(addr).await && lists_every_relay(addr, plans).await {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -278,9 +278,10 @@ async fn serves_demo(addr: SocketAddr) -> bool {
         .is_some_and(|(status, _)| status == 200)
 }
 
-/// Whether the relay map the relay at `addr` serves has `n` relays, each up and with its round
-/// trip to the primary measured.
-async fn lists_every_relay(addr: SocketAddr, n: usize) -> bool {
+/// Whether the relay map the relay at `addr` serves lists every planned relay up, with its
+/// round trip to the primary measured. Others may be listed too: relays of an earlier run with
+/// more regions stay in the store (down), and so do any enrolled by hand.
+async fn lists_every_relay(addr: SocketAddr, plans: &[RelayPlan]) -> bool {
     let Some((200, body)) = get(addr, &addr.to_string(), "/api/relays").await else {
         return false;
     };
@@ -289,11 +290,11 @@ async fn lists_every_relay(addr: SocketAddr, n: usize) -> bool {
         relays: Vec<RelayInfo>,
     }
     serde_json::from_slice::<Map>(&body).is_ok_and(|map| {
-        map.relays.len() == n
-            && map
-                .relays
+        plans.iter().all(|p| {
+            map.relays
                 .iter()
-                .all(|r| r.state == RelayState::Up && r.rtt_us > 0)
+                .any(|r| r.name == p.name && r.state == RelayState::Up && r.rtt_us > 0)
+        })
     })
 }
 
