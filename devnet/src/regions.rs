@@ -48,8 +48,8 @@ pub static REGIONS: [Region; 3] = [
             lat: 51.5142,
             lon: -0.0931,
         },
-        to_primary: ms(35),
-        from_here: ms(65),
+        to_primary: ms(30),
+        from_here: ms(70),
     },
     Region {
         name: "ap-south",

@@ -9,13 +9,13 @@
 //! | region   | relay stands in | relay → primary | this machine → relay |
 //! |----------|-----------------|-----------------|----------------------|
 //! | us-east  | Ashburn, VA     |  1 ms           | 80 ms                |
-//! | eu-west  | London          | 35 ms           | 65 ms                |
+//! | eu-west  | London          | 30 ms           | 70 ms                |
 //! | ap-south | Singapore       | 90 ms           | 40 ms                |
 //!
 //! The uplinks are somewhat faster than the public Internet would be (a relay operator buys
 //! good transit); the legs from here are about what the distances give. ap-south is the relay
 //! nearest this machine (80 ms round trip), but the whole path through it is
-//! 2 × (40 + 90) = 260 ms, through eu-west 2 × (65 + 35) = 200 ms, and through us-east
+//! 2 × (40 + 90) = 260 ms, through eu-west 2 × (70 + 30) = 200 ms, and through us-east
 //! 2 × (80 + 1) = 162 ms. So `sat relays` chooses us-east: the farthest relay, on the shortest
 //! path. (Each proxy adds about 1.3 ms each way: tokio's timer rounds up.)
 //!
