@@ -332,20 +332,105 @@ fn descendants(root: i32) -> HashSet<i32> {
     }
 }
 
-/// `sat up` on its fixed addresses (the one test that uses them): it comes up, the curl and
-/// `sat connect` lines it prints work when pasted, its TCP port echoes, its config files pass
-/// check-config, and Ctrl-C stops it with exit 0 and no process left behind.
+/// What `sat up`'s simulated distances must show (see devnet/src/regions.rs): each banner `dig`
+/// subnet, the relay it gets, and the ECS scope (the database's network for it).
+const DNS_STORY: [(&str, &str, &str); 3] = [
+    // London: eu-west, in town.
+    ("81.2.69.142/32", "127.0.0.3", "81.2.69.142/32/31"),
+    // Changchun: us-east, though ap-south is nearer: ap-south's way to the primary is long.
+    ("175.16.199.0/24", "127.0.0.2", "175.16.199.0/24/24"),
+    // Singapore: ap-south, in town.
+    ("214.0.0.0/24", "127.0.0.4", "214.0.0.0/24/24"),
+];
+
+/// The banner's `sat relays` line, run with `--json`: from this machine ap-south is the nearest
+/// relay, but us-east, the farthest, is chosen for the shortest whole path.
+async fn check_relay_choice(banner: &[String], dir: &Path) -> Result<()> {
+    let line = banner
+        .iter()
+        .find(|l| l.contains(" relays --relay"))
+        .context("the banner has no `sat relays` line")?;
+    let json = paste(&format!("{} --json", line.trim()), dir).await?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&json).with_context(|| format!("sat relays printed {json}"))?;
+    let rtt = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["rtt_us"].as_u64())
+            .with_context(|| format!("{name} unmeasured: {rows:#?}"))
+    };
+    let chosen: Vec<&serde_json::Value> = rows.iter().filter(|r| r["chosen"] == true).collect();
+    ensure!(
+        chosen.len() == 1 && chosen[0]["name"] == "relay-us-east",
+        "us-east should be chosen: {rows:#?}"
+    );
+    let (us, eu, ap) = (
+        rtt("relay-us-east")?,
+        rtt("relay-eu-west")?,
+        rtt("relay-ap-south")?,
+    );
+    // 80, 70 and 40 ms each way from here, less a little for the proxies' timer rounding.
+    ensure!(
+        us > 150_000 && eu > 130_000 && ap > 75_000 && ap < eu && eu < us,
+        "round trips from here: us-east {us} µs, eu-west {eu} µs, ap-south {ap} µs"
+    );
+    Ok(())
+}
+
+/// The banner's `dig` lines, as pasted: each subnet gets its relay, with the database's scope.
+async fn check_geo_dns(banner: &[String], dir: &Path) -> Result<()> {
+    for (subnet, want, scope) in DNS_STORY {
+        let line = banner
+            .iter()
+            .find(|l| l.contains("dig @") && l.contains(&format!("+subnet={subnet} ")))
+            .with_context(|| format!("the banner has no dig line for {subnet}"))?;
+        let out = paste(line.trim(), dir).await?;
+        let answers: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("demo.sat.test.") && l.contains("\tA\t"))
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        ensure!(
+            answers == [want],
+            "{subnet}: answers {answers:?}, want {want}\n{out}"
+        );
+        let ecs = out.lines().find(|l| l.contains("CLIENT-SUBNET"));
+        ensure!(
+            ecs.is_some_and(|l| l.contains(scope)),
+            "{subnet}: ECS line {ecs:?}, want scope {scope}"
+        );
+    }
+    Ok(())
+}
+
+/// Starts `sat up ARGS --data-dir DATA` in its own process group, so that the test can send
+/// SIGINT as a terminal's Ctrl-C does, and waits for the end of its banner.
+async fn start_up(data: &Path, args: &[&str]) -> Result<(Proc, Log)> {
+    let mut cmd = sat_cmd(["up"]);
+    cmd.args(args).arg("--data-dir").arg(data);
+    let up = Proc::spawn_logged("sat up", cmd, true)?;
+    let out = up.out.clone().context("sat up stdout")?;
+    out.wait_for(
+        "Ctrl-C drains and stops everything",
+        Duration::from_secs(90),
+    )
+    .await
+    .with_context(|| format!("sat up {args:?} stderr:\n{}", up.log.tail()))?;
+    Ok((up, out))
+}
+
+/// `sat up` on its fixed addresses (the one test that uses them, so that no two run at once):
+/// it comes up, the curl and `sat connect` lines it prints work when pasted, its TCP port
+/// echoes, its `sat relays` and `dig` lines show routing by the whole path, its config files
+/// pass check-config, and Ctrl-C stops it with exit 0 and no process left behind. It starts
+/// again, with fewer relays, from the same data dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
     let data = tempfile::tempdir()?;
-    let mut cmd = sat_cmd(["up", "--data-dir"]);
-    cmd.arg(data.path());
-    // Its own process group, so that the test can send SIGINT as a terminal's Ctrl-C does.
-    let mut up = Proc::spawn_logged("sat up", cmd, true)?;
-    let out = up.out.clone().context("sat up stdout")?;
-    out.wait_for("ready", Duration::from_secs(90))
-        .await
-        .with_context(|| format!("sat up stderr:\n{}", up.log.tail()))?;
+    let started = Instant::now();
+    let (mut up, out) = start_up(data.path(), &[]).await?;
+    eprintln!("sat up ready in {} ms", started.elapsed().as_millis());
+    let banner = out.lines();
 
     // The printed curl and `sat connect` commands, run as a user pasting them would.
     let curl = out
@@ -378,6 +463,9 @@ async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
     echo.shutdown().await?;
     drop(echo);
 
+    check_relay_choice(&banner, data.path()).await?;
+    check_geo_dns(&banner, data.path()).await?;
+
     for file in ["control.toml", "relay-us-east.toml"] {
         let (code, err) = check_config(&data.path().join(file)).await?;
         ensure!(
@@ -401,5 +489,12 @@ async fn sat_up_serves_the_demo_and_stops_cleanly_on_ctrl_c() -> Result<()> {
         left.is_empty(),
         "processes left after sat up exited: {left:?}"
     );
+
+    // Again in the same data dir, with one relay: the first run's other relays stay in the
+    // store, down, and must not hold up "ready".
+    let (mut again, _) = start_up(data.path(), &["--relays", "1"]).await?;
+    again.signal_group(libc::SIGINT)?;
+    let status = again.wait_exit(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "sat up --relays 1 exited with {status}");
     Ok(())
 }

@@ -1,6 +1,44 @@
 //! `sat up`: lay out the data directory, start every piece, and stop them in order.
+//!
+//! # Distances
+//!
+//! The relays run at simulated distances ([`crate::regions`]). The primary (the control plane,
+//! next to the apps) stands in Ashburn, Virginia, beside us-east; this machine plays a user in
+//! north-east Asia (say Changchun, China). One way:
+//!
+//! | region   | relay stands in | relay → primary | this machine → relay |
+//! |----------|-----------------|-----------------|----------------------|
+//! | us-east  | Ashburn, VA     |  1 ms           | 80 ms                |
+//! | eu-west  | London          | 30 ms           | 70 ms                |
+//! | ap-south | Singapore       | 90 ms           | 40 ms                |
+//!
+//! The uplinks are somewhat faster than the public Internet would be (a relay operator buys
+//! good transit); the legs from here are about what the distances give. ap-south is the relay
+//! nearest this machine (80 ms round trip), but the whole path through it is
+//! 2 × (40 + 90) = 260 ms, through eu-west 2 × (70 + 30) = 200 ms, and through us-east
+//! 2 × (80 + 1) = 162 ms. So `sat relays` chooses us-east: the farthest relay, on the shortest
+//! path. (Each proxy adds about 1.3 ms each way: tokio's timer rounds up.)
+//!
+//! # Geo DNS
+//!
+//! Every relay serves geo DNS for `sat.test` (`demo.sat.test`, `echo.sat.test`) on port 8053
+//! of its address, UDP and TCP, and places resolvers by the EDNS Client Subnet with MaxMind's
+//! test database (embedded in the binary, written to the data directory at each start). It
+//! estimates each relay's distance from its location and adds the relay's measured round trip
+//! to the primary: a London subnet gets eu-west, Milton (WA) us-east, Singapore ap-south, and
+//! Changchun us-east too: ap-south is nearer, but its way to the primary is long.
+//!
+//! # Layout
+//!
+//! A relay's public ports (HTTPS and QUIC 8443, HTTP 8080, echo 7000) are delay proxies on its
+//! address, in front of the relay itself at 18443, 18080 and 17000; its uplink goes through a
+//! proxy on its own address at 4433 to the control plane on 127.0.0.1:4433. The relays
+//! announce the public addresses, so the relay map, the latency checks and the DNS answers
+//! lead through the proxies. The relay configs in the data directory describe the relays
+//! without the proxies (public ports, the control plane direct), so that `sat relay --config`
+//! runs one alone.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,23 +46,30 @@ use sat_control::admin::api::{CreateRelayToken, ServiceView};
 use sat_control::admin::client::AdminClient;
 use sat_control::pki::{Ca, Usage};
 use sat_control::ControlConfig;
+use sat_proto::control::{RelayInfo, RelayState};
 use sat_relay::config::Secret;
 use sat_relay::{RelayConfig, Sockets};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
+use crate::regions::{Links, Region, DIG_SUBNETS, GEOIP_FILE, GEOIP_TEST_DB, INNER_OFFSET};
 use crate::DevnetError;
 
-/// The simulated regions, in the order relays get them, each on its own loopback address.
-pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
-const CONTROL_ADDR: &str = "127.0.0.1:4433";
+pub use crate::regions::REGIONS;
+
+const CONTROL_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 4433));
 const ADMIN_ADDR: &str = "127.0.0.1:4434";
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 7000;
+const DNS_PORT: u16 = 8053;
 const DEMO_HOST: &str = "demo.localhost";
+/// The zone the relays' geo DNS answers for.
+const DNS_ZONE: &str = "sat.test";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ctrl-C drains; `sat up` is interactive, so the grace is short.
 const GRACE: &str = "3s";
@@ -49,7 +94,7 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 struct RelayPlan {
-    region: &'static str,
+    region: &'static Region,
     name: String,
     ip: Ipv4Addr,
 }
@@ -57,6 +102,7 @@ struct RelayPlan {
 /// Runs the network until `shutdown`, then drains relays, then the control plane, then the
 /// backends.
 pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), DevnetError> {
+    let started = Instant::now();
     let dir = &opts.data_dir;
     mkdir(dir)?;
     let plans: Vec<RelayPlan> = REGIONS
@@ -65,11 +111,12 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         .enumerate()
         .map(|(i, region)| RelayPlan {
             region,
-            name: format!("relay-{region}"),
+            name: format!("relay-{}", region.name),
             ip: Ipv4Addr::new(127, 0, 0, 2 + i as u8),
         })
         .collect();
     write_pki(dir, &plans)?;
+    write_bytes(&dir.join(GEOIP_FILE), GEOIP_TEST_DB)?;
 
     let backends = TaskTracker::new();
     let backend_stop = CancellationToken::new();
@@ -100,15 +147,28 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
 
     let relay_stop = CancellationToken::new();
     let relays = TaskTracker::new();
+    // Every link of every relay; dropped once the relays have drained through them.
+    let mut links = Vec::new();
     for plan in &plans {
-        let path = dir.join(format!("relay-{}.toml", plan.region));
+        let path = dir.join(format!("relay-{}.toml", plan.region.name));
         write(&path, &relay_toml(plan))?;
         let mut config = RelayConfig::load(&path)?;
+        behind_links(&mut config, plan.ip);
+        links.push(
+            Links::start(
+                plan.region,
+                plan.ip,
+                &[HTTPS_PORT, HTTP_PORT, ECHO_PORT],
+                &[HTTPS_PORT],
+                CONTROL_ADDR,
+            )
+            .await?,
+        );
         // Every start brings a fresh one-time token, and the relay enrols again with it: a
         // development network should come up whatever happened to it since the last run.
         let token = admin
             .create_relay_token(&CreateRelayToken {
-                region: plan.region.into(),
+                region: plan.region.name.into(),
                 name: Some(plan.name.clone()),
                 ttl: Some("10m".into()),
             })
@@ -126,7 +186,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         () = shutdown.cancelled() => Ok(()),
     };
     if waited.is_ok() && !shutdown.is_cancelled() {
-        println!("{}", banner(&opts, &plans));
+        println!("{}", banner(&opts, &plans, started.elapsed()));
     }
 
     if waited.is_ok() {
@@ -136,6 +196,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
     relay_stop.cancel();
     relays.close();
     relays.wait().await;
+    drop(links);
     control_stop.cancel();
     if let Ok(Err(e)) = control.await {
         tracing::warn!("control plane: {e}");
@@ -184,62 +245,108 @@ async fn admin_client(token_file: &Path) -> Result<AdminClient, DevnetError> {
     }
 }
 
-/// Waits until every relay serves the demo app end to end: relay → QUIC → control → backend.
+/// Waits until every relay serves the demo app end to end (relay → QUIC → control → backend),
+/// and its relay map lists every relay up with its round trip to the primary, so that the
+/// banner's `sat relays` and `dig` lines show the routing at once.
 async fn wait_ready(plans: &[RelayPlan]) -> Result<(), DevnetError> {
     eprintln!(
         "waiting for {} relays to connect to the control plane ...",
         plans.len()
     );
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    for plan in plans {
+    let ready = |plan: &RelayPlan| {
         let addr = SocketAddr::new(IpAddr::V4(plan.ip), HTTP_PORT);
-        loop {
-            if probe(addr).await {
-                break;
+        async move {
+            loop {
+                if serves_demo(addr).await && lists_every_relay(addr, plans).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if tokio::time::Instant::now() > deadline {
-                return Err(DevnetError::NotReady(READY_TIMEOUT));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-    Ok(())
+    };
+    // In parallel: each check crosses the relay's simulated distances.
+    let all = futures_util::future::join_all(plans.iter().map(ready));
+    tokio::time::timeout(READY_TIMEOUT, all)
+        .await
+        .map(drop)
+        .map_err(|_| DevnetError::NotReady(READY_TIMEOUT))
 }
 
-async fn probe(addr: SocketAddr) -> bool {
+async fn serves_demo(addr: SocketAddr) -> bool {
+    get(addr, DEMO_HOST, "/api/whoami")
+        .await
+        .is_some_and(|(status, _)| status == 200)
+}
+
+/// Whether the relay map the relay at `addr` serves lists every planned relay up, with its
+/// round trip to the primary measured. Others may be listed too: relays of an earlier run with
+/// more regions stay in the store (down), and so do any enrolled by hand.
+async fn lists_every_relay(addr: SocketAddr, plans: &[RelayPlan]) -> bool {
+    let Some((200, body)) = get(addr, &addr.to_string(), "/api/relays").await else {
+        return false;
+    };
+    #[derive(serde::Deserialize)]
+    struct Map {
+        relays: Vec<RelayInfo>,
+    }
+    serde_json::from_slice::<Map>(&body).is_ok_and(|map| {
+        plans.iter().all(|p| {
+            map.relays
+                .iter()
+                .any(|r| r.name == p.name && r.state == RelayState::Up && r.rtt_us > 0)
+        })
+    })
+}
+
+/// `GET path` over plain HTTP: the status and the body, if the answer comes within 2 s.
+async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, Vec<u8>)> {
     let attempt = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req =
-            format!("GET /api/whoami HTTP/1.1\r\nHost: {DEMO_HOST}\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         tcp.write_all(req.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        tcp.read_exact(&mut head).await.ok()?;
-        Some(head.ends_with(b"200"))
+        let mut resp = Vec::new();
+        tcp.read_to_end(&mut resp).await.ok()?;
+        let status = std::str::from_utf8(resp.get(9..12)?).ok()?.parse().ok()?;
+        let body = resp.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        Some((status, resp.split_off(body)))
     };
     tokio::time::timeout(Duration::from_secs(2), attempt)
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
 }
 
-fn banner(opts: &UpOptions, plans: &[RelayPlan]) -> String {
+fn banner(opts: &UpOptions, plans: &[RelayPlan], took: Duration) -> String {
     let dir = opts.data_dir.display();
     let sat = &opts.sat_exe;
     let first = plans.first().map_or(Ipv4Addr::new(127, 0, 0, 2), |p| p.ip);
     let last = plans.last().map_or(first, |p| p.ip);
     let mut s = format!(
-        "\nSatellite is ready: a control plane on {CONTROL_ADDR} (udp) and {} relays.\n\n",
+        "\nSatellite is ready (in {:.1} s): a control plane on {CONTROL_ADDR} (udp) and {} relays.\n\n",
+        took.as_secs_f64(),
         plans.len()
     );
-    s += "  region     relay             https + quic      http              echo (tcp)\n";
+    s += "  region     relay             https + quic      http              echo (tcp)        dns (udp, tcp)\n";
     for p in plans {
-        let https = format!("{}:{HTTPS_PORT}", p.ip);
-        let http = format!("{}:{HTTP_PORT}", p.ip);
-        let echo = format!("{}:{ECHO_PORT}", p.ip);
+        let [https, http, echo, dns] =
+            [HTTPS_PORT, HTTP_PORT, ECHO_PORT, DNS_PORT].map(|port| format!("{}:{port}", p.ip));
         s += &format!(
-            "  {:<10} {:<17} {https:<17} {http:<17} {echo}\n",
-            p.region, p.name
+            "  {:<10} {:<17} {https:<17} {http:<17} {echo:<17} {dns}\n",
+            p.region.name, p.name
+        );
+    }
+    s += "
+Simulated distances, one way. The primary (this control plane and the apps) stands next to
+us-east; this machine plays a user in north-east Asia. Delay proxies on the ports above and on
+each relay's uplink make them.
+  region     stands in      relay -> primary   this machine -> relay
+";
+    for p in plans {
+        let [up, here] =
+            [p.region.to_primary, p.region.from_here].map(|d| format!("{} ms", d.as_millis()));
+        s += &format!(
+            "  {:<10} {:<14} {up:<18} {here}\n",
+            p.region.name, p.region.city
         );
     }
     s += &format!(
@@ -255,9 +362,19 @@ Try these:
   ssh -o ProxyCommand='{sat} connect ssh --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem' $USER@localhost
   open https://{DEMO_HOST}:{HTTPS_PORT}/ (trust {dir}/ca.pem) for the page and its WebSocket echo
 
-Ctrl-C drains and stops everything.
+Which relay, by the whole path (you -> relay -> primary), measured from here and by geo DNS:
+  {sat} relays --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem
 "
     );
+    let digs = DIG_SUBNETS.map(|(subnet, place)| {
+        let dig = format!("dig @{first} -p {DNS_PORT} demo.{DNS_ZONE} +subnet={subnet}");
+        (dig, place)
+    });
+    let width = digs.iter().map(|(dig, _)| dig.len()).max().unwrap_or(0);
+    for (dig, place) in digs {
+        s += &format!("  {dig:<width$}  # a resolver in {place}\n");
+    }
+    s += "\nCtrl-C drains and stops everything.\n";
     s
 }
 
@@ -296,14 +413,26 @@ backend = "127.0.0.1:22"
 }
 
 fn relay_toml(p: &RelayPlan) -> String {
+    let r = p.region;
+    let ip = p.ip;
+    let [https_in, http_in, echo_in] =
+        [HTTPS_PORT, HTTP_PORT, ECHO_PORT].map(|port| port + INNER_OFFSET);
+    let uplink_proxy = SocketAddr::from((ip, CONTROL_ADDR.port()));
     format!(
         r#"# Written by `sat up`; rewritten at every start. Run it alone with:
 #   sat relay --config relay-{region}.toml
 # Enrolled as region {region} with a one-time token from the control plane.
+#
+# `sat up` runs this relay at its region's simulated distances: the relay listens on
+# {ip}:{https_in}, {http_in} and {echo_in}, behind delay proxies on the ports below that add
+# {here} ms each way from this machine, and its uplink goes through a proxy on {uplink_proxy}
+# that adds {up} ms each way to the control plane. Run alone, it serves the ports below itself.
 [relay]
 name = "{name}"
 drain_grace = "{GRACE}"
 data_dir = "relay-{region}"
+location = {{ lat = {lat}, lon = {lon} }}   # {city}
+public_addresses = ["{ip}:{HTTPS_PORT}"]
 
 [uplink]
 control = ["{CONTROL_ADDR}"]
@@ -321,11 +450,42 @@ listen = "{ip}:{HTTP_PORT}"
 [[tcp]]
 service = "echo"
 listen = "{ip}:{ECHO_PORT}"
+
+# Geo DNS, placing resolvers with MaxMind's test database: fake networks in real cities,
+# (c) MaxMind, Inc., Apache-2.0 or MIT; `sat up` writes it here from the sat binary.
+[dns]
+listen = "{ip}:{DNS_PORT}"
+geoip = "{GEOIP_FILE}"
+
+[dns.authority]
+zone = "{DNS_ZONE}"
+hosts = {{ demo = "demo", echo = "echo" }}
+relays_per_answer = 1
 "#,
         name = p.name,
-        region = p.region,
-        ip = p.ip,
+        region = r.name,
+        city = r.city,
+        lat = r.location.lat,
+        lon = r.location.lon,
+        here = r.from_here.as_millis(),
+        up = r.to_primary.as_millis(),
     )
+}
+
+/// Moves a relay loaded from [`relay_toml`] behind its region's [`Links`]: it listens
+/// [`INNER_OFFSET`] ports up, and its uplink goes through the proxy on its own address.
+fn behind_links(config: &mut RelayConfig, ip: Ipv4Addr) {
+    let inner = |addr: &mut SocketAddr| addr.set_port(addr.port() + INNER_OFFSET);
+    if let Some(https) = &mut config.https {
+        inner(&mut https.listen);
+    }
+    if let Some(http) = &mut config.http.listen {
+        inner(http);
+    }
+    for tcp in &mut config.tcp {
+        inner(&mut tcp.listen);
+    }
+    config.uplink.control = vec![SocketAddr::from((ip, CONTROL_ADDR.port())).to_string()];
 }
 
 /// The relays' public HTTPS certificate, from a development CA (`ca.pem`) kept across runs so
@@ -380,7 +540,11 @@ fn mkdir(dir: &Path) -> Result<(), DevnetError> {
 }
 
 fn write(path: &Path, text: &str) -> Result<(), DevnetError> {
-    std::fs::write(path, text).map_err(|source| DevnetError::Io {
+    write_bytes(path, text.as_bytes())
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), DevnetError> {
+    std::fs::write(path, bytes).map_err(|source| DevnetError::Io {
         path: path.to_owned(),
         source,
     })

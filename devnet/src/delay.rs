@@ -1,7 +1,9 @@
-//! The links between "regions" on one machine, which has no `tc netem`: a delay proxy.
+//! The links between "regions" on one machine, which has no `tc netem`: a delay proxy. `sat up`
+//! puts one in front of each relay's ports and on each relay's uplink to give its regions their
+//! distances; the end-to-end tests use it for delay, loss and partitions too.
 //!
-//! A [`DelayProxy`] listens on an address the test picks (say `127.0.0.5:0` for one region) and
-//! forwards UDP datagrams (for QUIC) or TCP connections to a target, adding one-way delay,
+//! A [`DelayProxy`] listens on an address the caller picks (say `127.0.0.5:0` for one region)
+//! and forwards UDP datagrams (for QUIC) or TCP connections to a target, adding one-way delay,
 //! jitter, loss and partitions. Its [`Link`] handle changes them while traffic flows; a change
 //! applies to packets the proxy reads after it. [`Stats`] count what passed and what was dropped,
 //! each way. Dropping the proxy ends its listener and every flow and connection.
