@@ -43,10 +43,13 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the whole network on this machine: a control plane, relays on 127.0.0.2-4 as the
-    /// regions us-east, eu-west and ap-south, a demo web app and a TCP echo service.
+    /// regions us-east, eu-west and ap-south at simulated distances (delay proxies on their
+    /// ports and uplinks), each serving geo DNS for sat.test on port 8053, a demo web app and
+    /// a TCP echo service.
     ///
     /// It creates a development CA and certificates in the data directory, writes the configs
-    /// it runs from there too, and prints commands to paste. Ctrl-C drains and stops
+    /// it runs from (and MaxMind's GeoIP test database) there too, and prints the distances
+    /// and commands to paste: curl, sat connect, sat relays and dig. Ctrl-C drains and stops
     /// everything.
     Up {
         /// Where the CA, certificates and configs live [default: ~/.local/share/sat/up]

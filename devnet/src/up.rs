@@ -359,7 +359,7 @@ Try these:
   curl --cacert {dir}/ca.pem --resolve {DEMO_HOST}:{HTTPS_PORT}:{first} https://{DEMO_HOST}:{HTTPS_PORT}/api/whoami
   curl -H 'Host: {DEMO_HOST}' http://{last}:{HTTP_PORT}/api/whoami
   echo hello | {sat} connect echo --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem
-  ssh -o ProxyCommand='{sat} connect ssh --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem' $USER@localhost
+  {sat} ssh $USER@ssh --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem
   open https://{DEMO_HOST}:{HTTPS_PORT}/ (trust {dir}/ca.pem) for the page and its WebSocket echo
 
 Which relay, by the whole path (you -> relay -> primary), measured from here and by geo DNS:
