@@ -418,10 +418,16 @@ type Delayed = (Instant, Vec<u8>);
 // ---------------------------------------------------------------------------------------------
 // UDP
 
+/// A UDP flow that has heard nothing from its client for this long is dropped, with its
+/// upstream socket: longer than any QUIC idle timeout here (60 s), as a NAT would keep it.
+pub const UDP_FLOW_IDLE: Duration = Duration::from_secs(120);
+
 /// One client address's flow, as the front task sees it.
 struct Flow {
     up: Line,
     queue: mpsc::Sender<Delayed>,
+    last_heard: Instant,
+    task: tokio::task::AbortHandle,
 }
 
 /// Reads datagrams from clients. Each client address gets its own upstream socket, so the
@@ -435,9 +441,23 @@ async fn udp_accept(front: Arc<UdpSocket>, target: SocketAddr, shared: Arc<Share
     let mut tasks = JoinSet::new();
     let mut flow_no = 0;
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut sweep = tokio::time::interval(UDP_FLOW_IDLE / 4);
     loop {
+        let received = tokio::select! {
+            r = front.recv_from(&mut buf) => r,
+            _ = sweep.tick() => {
+                flows.retain(|_, f| {
+                    let live = f.last_heard.elapsed() < UDP_FLOW_IDLE;
+                    if !live {
+                        f.task.abort();
+                    }
+                    live
+                });
+                continue;
+            }
+        };
         // Errors on an unconnected UDP socket are transient; keep going.
-        let Ok((n, client)) = front.recv_from(&mut buf).await else {
+        let Ok((n, client)) = received else {
             continue;
         };
         let flow = match flows.entry(client) {
@@ -448,12 +468,20 @@ async fn udp_accept(front: Arc<UdpSocket>, target: SocketAddr, shared: Arc<Share
                 };
                 let (queue, queued) = mpsc::channel(UDP_QUEUE);
                 let down = Line::new(shared.clone(), Dir::Down, seed, flow_no);
-                tasks.spawn(udp_flow(upstream, front.clone(), client, queued, down));
+                let task = tasks.spawn(udp_flow(upstream, front.clone(), client, queued, down));
                 let up = Line::new(shared.clone(), Dir::Up, seed, flow_no);
                 flow_no += 1;
-                e.insert(Flow { up, queue })
+                e.insert(Flow {
+                    up,
+                    queue,
+                    last_heard: Instant::now(),
+                    task,
+                })
             }
         };
+        flow.last_heard = Instant::now();
+        // Finished flows leave the set, so that a long-lived proxy does not pile them up.
+        while tasks.try_join_next().is_some() {}
         if let Some(at) = flow.up.admit(n) {
             if flow.queue.try_send((at, buf[..n].to_vec())).is_err() {
                 shared.up.overflowed(n);
