@@ -98,7 +98,13 @@ async fn draining_relay_refuses_new_streams_on_an_open_client_connection() -> Re
     round_trip(&mut first, b"before SIGTERM", SHORT).await?;
 
     relay.proc.signal(libc::SIGTERM)?;
-    relay.proc.log.wait_for("draining", SHORT).await?;
+    // "SIGTERM: draining" comes first, from the signal handler; this line comes once the relay
+    // has entered the drain and refuses new streams.
+    relay
+        .proc
+        .log
+        .wait_for("draining: listeners closed", SHORT)
+        .await?;
 
     let mut second = connect(local).await?;
     second.write_all(b"too late").await?;
