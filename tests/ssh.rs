@@ -97,23 +97,25 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Options that keep ssh from the user's known hosts and from asking anything.
+const QUIET_SSH: [&str; 8] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "LogLevel=ERROR",
+];
+
 /// `ssh` with nothing from the user's own config, keys or known hosts.
 fn ssh(key: &Path, route: &[String], remote: &str) -> Command {
     let mut cmd = Command::new("ssh");
     cmd.args(["-F", "/dev/null", "-i"])
         .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=20",
-        ])
+        .args(QUIET_SSH)
+        .args(["-o", "ConnectTimeout=20"])
         .args(route)
         .arg(remote);
     cmd
@@ -218,19 +220,8 @@ async fn sat_ssh_runs_openssh_through_the_chosen_relay() -> Result<()> {
     cmd.arg(net.ca())
         .args(["--", "-F", "/dev/null", "-i"])
         .arg(&sshd.key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "echo",
-            "hello from",
-            "sat ssh",
-        ]);
+        .args(QUIET_SSH)
+        .args(["echo", "hello from", "sat ssh"]);
     let (status, out, err) = run(cmd, Duration::from_secs(60)).await?;
     ensure!(status.success(), "sat ssh: {status}; stderr:\n{err}");
     ensure!(

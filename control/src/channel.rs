@@ -1,5 +1,6 @@
 //! The control channel of one uplink: Hello in, ConfigPush out, heartbeats both ways.
 
+use std::mem::take;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,19 +67,16 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             frame = next_frame(&mut recv, &mut decoder) => match frame? {
-                Some(Frame::Heartbeat(hb)) => {
+                Some(Frame::Heartbeat(mut hb)) => {
                     liveness.heard(Instant::now().into_std());
-                    if std::mem::take(&mut missed) {
+                    if take(&mut missed) {
                         info!("heartbeats resumed");
                     }
-                    // Echo it, so the relay knows this uplink is alive end to end (the
-                    // measurements stay here).
-                    let echo = Heartbeat {
-                        rtt_us: conn.rtt().as_micros() as u64,
-                        peer_rtts: Vec::new(),
-                        client_rtts: Vec::new(),
-                        ..hb.clone()
-                    };
+                    // Echo it, so the relay knows this uplink is alive end to end. The
+                    // measurements stay here, and are not copied for the echo.
+                    let measured = (take(&mut hb.peer_rtts), take(&mut hb.client_rtts));
+                    let echo = Heartbeat { rtt_us: conn.rtt().as_micros() as u64, ..hb.clone() };
+                    (hb.peer_rtts, hb.client_rtts) = measured;
                     shared.registry.heartbeat(cert_name, conn, hb);
                     write(&mut send, &Frame::Heartbeat(echo)).await?;
                 }

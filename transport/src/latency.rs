@@ -30,7 +30,7 @@ pub async fn time(
     timeout: Duration,
 ) -> Result<Duration, String> {
     let (scheme, authority, path) = split_url(url)?;
-    let work = async {
+    within(timeout, async {
         let mut conn = connect(tls, scheme, authority).await?;
         let mut best = Duration::MAX;
         for _ in 0..samples.max(1) {
@@ -39,10 +39,8 @@ pub async fn time(
             best = best.min(sent.elapsed());
         }
         Ok(best)
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+    })
+    .await
 }
 
 /// `GET https://authority/path` on a connection of its own; returns the body.
@@ -52,13 +50,7 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<String, String> {
-    let work = async {
-        let mut conn = connect(tls, "https", authority).await?;
-        request(&mut conn, "GET", authority, path, None).await
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+    once(tls, "https", authority, "GET", path, None, timeout).await
 }
 
 /// `POST url` with a JSON body on a connection of its own; returns the answer's body.
@@ -69,10 +61,30 @@ pub async fn post_json(
     timeout: Duration,
 ) -> Result<String, String> {
     let (scheme, authority, path) = split_url(url)?;
-    let work = async {
+    once(tls, scheme, authority, "POST", path, Some(body), timeout).await
+}
+
+/// One request on a connection of its own, all within `timeout`.
+async fn once(
+    tls: &TlsConnector,
+    scheme: &str,
+    authority: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<String, String> {
+    within(timeout, async {
         let mut conn = connect(tls, scheme, authority).await?;
-        request(&mut conn, "POST", authority, path, Some(body)).await
-    };
+        request(&mut conn, method, authority, path, body).await
+    })
+    .await
+}
+
+async fn within<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
     tokio::time::timeout(timeout, work)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
