@@ -7,6 +7,8 @@ use thiserror::Error;
 /// - [`GeoError::Read`], [`GeoError::Format`] and [`GeoError::DnsConfig`] are the operator's to
 ///   fix (a wrong path, a file that is not a MaxMind DB, a bad `[dns]` setting); retrying with
 ///   the same input cannot help.
+/// - [`GeoError::DnsBind`] is the operator's or the host's: the DNS port is taken, or
+///   privileged. Retrying after the other server stops can help.
 /// - [`GeoError::DnsSocket`] is the host's: the socket the caller bound cannot be handed to the
 ///   runtime (out of file descriptors, say). A retry after the cause is fixed can help.
 /// - [`GeoError::DnsStopped`] is internal: the DNS server's socket closed under it while it was
@@ -34,6 +36,12 @@ pub enum GeoError {
     /// `key` is the setting's path inside the DNS section, such as `hosts."app"`.
     #[error("geo DNS setting `{key}`: {problem}")]
     DnsConfig { key: String, problem: String },
+    #[error("cannot bind geo DNS {proto} on {addr}: {source}; is another DNS server on that port? (ports below 1024 need root or CAP_NET_BIND_SERVICE)")]
+    DnsBind {
+        proto: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("geo DNS cannot use its {proto} socket: {source}")]
     DnsSocket {
         proto: &'static str,

@@ -3,17 +3,17 @@
 //! UDP with the retry over TCP.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
-use sat_geo::dns::{serve, DnsConfig, DnsRelay, DnsTable};
+use sat_geo::dns::{serve, DnsConfig, DnsRelay, DnsSockets, DnsTable};
 use sat_geo::geoip::GeoIp;
 use sat_geo::rank::{PeerRtts, Relay, State};
 use sat_geo::Location;
@@ -78,8 +78,8 @@ struct Server {
 
 impl Server {
     async fn start(relays: &[DnsRelay]) -> Result<Self> {
-        let (udp, tcp) = bind_pair()?;
-        let port = udp.local_addr()?.port();
+        let sockets = DnsSockets::bind("127.0.0.1:0".parse()?)?;
+        let port = sockets.local_addr()?.port();
         let geoip =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/GeoIP2-City-Test.mmdb");
         let geoip = Arc::new(GeoIp::open(&geoip)?);
@@ -87,7 +87,7 @@ impl Server {
         config.hosts.insert("app".into(), "app".into());
         let (table, rx) = watch::channel(Arc::new(relays_only(relays.to_vec())));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(config, udp, tcp, rx, geoip, shutdown.clone()));
+        let task = tokio::spawn(serve(config, sockets, rx, geoip, shutdown.clone()));
         Ok(Self {
             port,
             table,
@@ -137,16 +137,6 @@ impl Drop for Server {
 }
 
 /// A UDP socket and a TCP listener on the same free port.
-fn bind_pair() -> Result<(UdpSocket, TcpListener)> {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        if let Ok(tcp) = TcpListener::bind(udp.local_addr()?) {
-            return Ok((udp, tcp));
-        }
-    }
-    bail!("no port free for both UDP and TCP on 127.0.0.1")
-}
-
 async fn dig(port: u16, args: &[&str]) -> Result<Output> {
     Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=3"])

@@ -162,14 +162,13 @@ pub async fn run(
         listeners.spawn(tcp::serve(listener, service, relay.clone(), stop.clone()));
     }
     background.spawn(measure::probe_peers(relay.clone(), stop_background.clone()));
-    if let (Some((udp, tcp)), Some(dns)) = (sockets.dns, &config.dns) {
+    if let (Some(dns_sockets), Some(dns)) = (sockets.dns, &config.dns) {
         let geoip = sat_geo::geoip::GeoIp::open(&dns.geoip).map_err(RelayError::Geo)?;
         let (table_tx, table) = watch::channel(Arc::new(DnsTable::default()));
         background.spawn(feed_dns(relay.clone(), table_tx, stop_background.clone()));
         background.spawn(serve_dns(
             dns.authority.clone(),
-            udp,
-            tcp,
+            dns_sockets,
             table,
             Arc::new(geoip),
             stop_background.clone(),
@@ -281,13 +280,12 @@ fn dns_table(relays: &[RelayInfo], routing: &RoutingTable) -> DnsTable {
 
 async fn serve_dns(
     config: sat_geo::dns::DnsConfig,
-    udp: std::net::UdpSocket,
-    tcp: std::net::TcpListener,
+    sockets: sat_geo::dns::DnsSockets,
     table: watch::Receiver<Arc<DnsTable>>,
     geoip: Arc<sat_geo::geoip::GeoIp>,
     stop: CancellationToken,
 ) {
-    if let Err(e) = sat_geo::dns::serve(config, udp, tcp, table, geoip, stop).await {
+    if let Err(e) = sat_geo::dns::serve(config, sockets, table, geoip, stop).await {
         error!("{e}");
     }
 }

@@ -13,6 +13,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
+use sat_geo::dns::DnsSockets;
+
 use crate::config::{HttpSection, RelayConfig};
 use crate::http::{self, Origin};
 use crate::relay::Relay;
@@ -29,7 +31,7 @@ pub struct Sockets {
     /// `/healthz` and `/readyz`.
     pub health: Option<std::net::TcpListener>,
     /// Geo DNS, UDP and TCP on the same port.
-    pub dns: Option<(std::net::UdpSocket, std::net::TcpListener)>,
+    pub dns: Option<DnsSockets>,
 }
 
 impl Sockets {
@@ -60,14 +62,11 @@ impl Sockets {
         let dns = config
             .dns
             .as_ref()
-            .map(|d| bind_dns(d.listen))
+            .map(|d| DnsSockets::bind(d.listen).map_err(RelayError::Geo))
             .transpose()?;
-        if let Some((udp, tcp)) = &dns {
-            for (name, addr) in [("dns-udp", udp.local_addr()), ("dns-tcp", tcp.local_addr())] {
-                if let Ok(addr) = addr {
-                    info!("listening on {name} {addr}");
-                }
-            }
+        if let Some(addr) = dns.as_ref().and_then(|d| d.local_addr().ok()) {
+            info!("listening on dns-udp {addr}");
+            info!("listening on dns-tcp {addr}");
         }
         for (name, l) in [("https", &https), ("http", &http), ("health", &health)] {
             if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
@@ -91,22 +90,6 @@ impl Sockets {
             dns,
         })
     }
-}
-
-/// DNS on UDP and TCP: the TCP listener takes the port the UDP socket got (port 0 allowed).
-fn bind_dns(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), RelayError> {
-    let udp = std::net::UdpSocket::bind(addr).map_err(|source| RelayError::Bind {
-        what: "dns (udp)",
-        addr,
-        source,
-    })?;
-    let bound = udp.local_addr().map_err(|source| RelayError::Bind {
-        what: "dns (udp)",
-        addr,
-        source,
-    })?;
-    let tcp = bind_tcp("dns (tcp)", bound)?;
-    Ok((udp, tcp))
 }
 
 fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, RelayError> {

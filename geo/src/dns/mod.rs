@@ -38,6 +38,7 @@
 mod answer;
 mod config;
 mod network;
+mod sockets;
 mod table;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ use tracing::debug;
 
 pub use config::{DnsConfig, SoaConfig};
 pub use network::Network;
+pub use sockets::DnsSockets;
 pub use table::{DnsRelay, DnsTable};
 
 use crate::geoip::GeoIp;
@@ -122,11 +124,10 @@ impl RequestHandler for GeoDns {
     }
 }
 
-/// Serves the geo DNS zone on `udp` and `tcp` until `shutdown` is cancelled.
+/// Serves the geo DNS zone on `sockets` until `shutdown` is cancelled.
 ///
-/// The caller binds both sockets (the same port, usually 53, on each) and logs
-/// `listening on dns-udp ADDR` and `listening on dns-tcp ADDR` for them; this function
-/// logs nothing of its own at `info`. `table` is the relay snapshot: send a new
+/// The caller binds the sockets ([`DnsSockets::bind`], usually port 53) and logs
+/// `listening on dns-udp ADDR` and `listening on dns-tcp ADDR`; this function logs nothing of its own at `info`. `table` is the relay snapshot: send a new
 /// [`DnsTable`] into its `watch::Sender` whenever the relay map changes, and the next query
 /// uses it. The config is checked before anything starts.
 ///
@@ -138,8 +139,7 @@ impl RequestHandler for GeoDns {
 /// serving. Bad queries are answered, never returned as errors.
 pub async fn serve(
     config: DnsConfig,
-    udp: std::net::UdpSocket,
-    tcp: std::net::TcpListener,
+    sockets: DnsSockets,
     table: watch::Receiver<Arc<DnsTable>>,
     geoip: Arc<GeoIp>,
     shutdown: CancellationToken,
@@ -147,13 +147,13 @@ pub async fn serve(
     let handler = GeoDns::new(&config, table, geoip)?;
     let mut server = ServerFuture::new(handler);
     server
-        .register_socket_std(udp)
+        .register_socket_std(sockets.udp)
         .map_err(|source| GeoError::DnsSocket {
             proto: "dns-udp",
             source,
         })?;
     server
-        .register_listener_std(tcp, config.tcp_timeout)
+        .register_listener_std(sockets.tcp, config.tcp_timeout)
         .map_err(|source| GeoError::DnsSocket {
             proto: "dns-tcp",
             source,
