@@ -114,6 +114,10 @@ fn geoip(c: &mut Criterion) {
     c.bench_function("geoip lookup, miss", |b| {
         b.iter(|| db.lookup(black_box(miss)))
     });
+    // What the DNS server does per query: the place without the names.
+    c.bench_function("geoip place, IPv4 hit", |b| {
+        b.iter(|| db.place(black_box(hit)))
+    });
 }
 
 criterion_group!(benches, ranking, hysteresis, geoip);

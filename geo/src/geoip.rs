@@ -21,13 +21,21 @@ pub struct GeoIp {
     reported_damage: AtomicBool,
 }
 
+/// Where an address is, and the database network that holds it: what routing needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Place {
+    pub location: Location,
+    /// Prefix length of the database network that holds the address. Every address in that
+    /// network gets this same place, so it is the widest ECS scope an answer built from it may
+    /// claim. It can be longer than the client subnet a resolver sent (RFC 7871 allows that).
+    pub network_prefix_len: u8,
+}
+
 /// What the database says about one address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeoHit {
     pub location: Location,
-    /// Prefix length of the database network that holds the address. Every address in that
-    /// network gets this same hit, so it is the widest ECS scope an answer built from it may
-    /// claim. It can be longer than the client subnet a resolver sent (RFC 7871 allows that).
+    /// As in [`Place`].
     pub network_prefix_len: u8,
     /// ISO 3166-1 alpha-2 code, such as `GB`.
     pub country: Option<String>,
@@ -65,12 +73,28 @@ impl GeoIp {
     /// unplaced client is an ordinary case (it is ranked by measurements alone), and failing
     /// the query instead would give the user nothing better.
     pub fn lookup(&self, ip: IpAddr) -> Option<GeoHit> {
+        let (record, place) = self.find::<CityRecord>(ip)?;
+        Some(GeoHit {
+            location: place.location,
+            network_prefix_len: place.network_prefix_len,
+            country: record.country.iso_code.map(str::to_owned),
+            city: record.city.names.en.map(str::to_owned),
+        })
+    }
+
+    /// [`GeoIp::lookup`] without the names: only what routing uses, for the DNS server, which
+    /// places a client on every query and has no use for the city's name.
+    pub fn place(&self, ip: IpAddr) -> Option<Place> {
+        self.find::<PlaceRecord>(ip).map(|(_, place)| place)
+    }
+
+    fn find<'a, R: Deserialize<'a> + HasCoordinates>(&'a self, ip: IpAddr) -> Option<(R, Place)> {
         // Dual-stack sockets show IPv4 clients as ::ffff:a.b.c.d. The database maps that range
         // onto its IPv4 records, but reports the network as an IPv6 /12x, which is the wrong
         // family for an ECS scope; looking up the IPv4 address gives the IPv4 network.
         let ip = ip.to_canonical();
-        match self.try_lookup(ip) {
-            Ok(hit) => hit,
+        match self.try_find(ip) {
+            Ok(found) => found,
             Err(error) => {
                 if !self.reported_damage.swap(true, Ordering::Relaxed) {
                     warn!(
@@ -84,12 +108,16 @@ impl GeoIp {
         }
     }
 
-    fn try_lookup(&self, ip: IpAddr) -> Result<Option<GeoHit>, MaxMindDbError> {
+    fn try_find<'a, R: Deserialize<'a> + HasCoordinates>(
+        &'a self,
+        ip: IpAddr,
+    ) -> Result<Option<(R, Place)>, MaxMindDbError> {
         let found = self.reader.lookup(ip)?;
-        let Some(record) = found.decode::<CityRecord>()? else {
+        let Some(record) = found.decode::<R>()? else {
             return Ok(None);
         };
-        let (Some(lat), Some(lon)) = (record.location.latitude, record.location.longitude) else {
+        let coordinates = record.coordinates();
+        let (Some(lat), Some(lon)) = (coordinates.latitude, coordinates.longitude) else {
             return Ok(None);
         };
         if !((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)) {
@@ -106,12 +134,11 @@ impl GeoIp {
         } else {
             128
         };
-        Ok(Some(GeoHit {
+        let place = Place {
             location: Location { lat, lon },
             network_prefix_len,
-            country: record.country.iso_code.map(str::to_owned),
-            city: record.city.names.en.map(str::to_owned),
-        }))
+        };
+        Ok(Some((record, place)))
     }
 }
 
@@ -128,10 +155,36 @@ struct CityRecord<'a> {
     city: City<'a>,
 }
 
+/// A City record's `location`, which is all of it that [`GeoIp::place`] decodes.
 #[derive(Default, Deserialize)]
 struct Coordinates {
     latitude: Option<f64>,
     longitude: Option<f64>,
+}
+
+/// Records that carry coordinates: the whole City record as routing reads it, or just the
+/// coordinates.
+trait HasCoordinates {
+    fn coordinates(&self) -> &Coordinates;
+}
+
+impl HasCoordinates for CityRecord<'_> {
+    fn coordinates(&self) -> &Coordinates {
+        &self.location
+    }
+}
+
+/// A record decoded as [`PlaceRecord`] skips every field but `location`.
+#[derive(Deserialize)]
+struct PlaceRecord {
+    #[serde(default)]
+    location: Coordinates,
+}
+
+impl HasCoordinates for PlaceRecord {
+    fn coordinates(&self) -> &Coordinates {
+        &self.location
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -244,6 +297,24 @@ mod tests {
             assert!((got.location.lat - lat).abs() < 1e-9, "{ip}");
             assert!((got.location.lon - lon).abs() < 1e-9, "{ip}");
         }
+    }
+
+    #[test]
+    fn place_is_the_lookup_without_the_names() {
+        let db = test_db();
+        for ip in [
+            "81.2.69.142",
+            "216.160.83.56",
+            "2001:480:10::1",
+            "::ffff:81.2.69.142",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let hit = hit(&db, &ip.to_string());
+            let place = db.place(ip).unwrap_or_else(|| panic!("{ip} has a place"));
+            assert_eq!(place.location, hit.location, "{ip}");
+            assert_eq!(place.network_prefix_len, hit.network_prefix_len, "{ip}");
+        }
+        assert_eq!(db.place("10.1.2.3".parse().unwrap()), None);
     }
 
     #[test]

@@ -6,13 +6,14 @@ use std::iter;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ptr;
 
-use hickory_proto::op::message::emit_message_parts;
-use hickory_proto::op::{Edns, Header, LowerQuery, OpCode, Query, ResponseCode};
+use hickory_proto::op::message::{emit_message_parts, EmitAndCount};
+use hickory_proto::op::{Edns, Header, LowerQuery, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinDecodable, BinEncoder};
 use hickory_proto::xfer::Protocol;
+use hickory_proto::ProtoError;
 use hickory_server::authority::MessageRequest;
 
 use super::config::Node;
@@ -72,17 +73,72 @@ impl Reply {
         let mut buffer = Vec::with_capacity(limit);
         let mut encoder = BinEncoder::new(&mut buffer);
         encoder.set_max_size(limit as u16);
-        let header = emit_message_parts(
+        self.emit(&mut iter::once(query), &mut encoder)
+            .is_ok_and(|h| !h.truncated())
+    }
+
+    /// Encodes the reply after `questions` (the query's own, as it spelled them), as
+    /// hickory-server does for TCP: the same sections, in the same order.
+    fn emit(
+        &self,
+        questions: &mut impl EmitAndCount,
+        encoder: &mut BinEncoder<'_>,
+    ) -> Result<Header, ProtoError> {
+        emit_message_parts(
             &self.header,
-            &mut iter::once(query),
+            questions,
             &mut self.answers.iter(),
             &mut self.authority.iter(),
             &mut iter::empty::<&Record>(),
             self.edns.as_ref(),
             &[],
-            &mut encoder,
-        );
-        header.is_ok_and(|h| !h.truncated())
+            encoder,
+        )
+    }
+}
+
+/// A query's one question, copied into the answer as it came rather than encoded again (which
+/// costs more than the rest of the answer), as hickory-server does. Answers name their owner
+/// with a pointer to it.
+struct RawQuestion<'a> {
+    bytes: &'a [u8],
+    /// The name's labels, without the root's zero byte: the span hickory-proto's encoder
+    /// matches later names against.
+    labels_len: usize,
+}
+
+impl<'a> RawQuestion<'a> {
+    /// The question of a parsed query with `count` questions, if it is one with a name written
+    /// out in full (no compression pointer, which only makes sense relative to the message).
+    fn of(datagram: &'a [u8], count: usize) -> Option<Self> {
+        const HEADER: usize = 12;
+        if count != 1 {
+            return None;
+        }
+        let mut at = HEADER;
+        loop {
+            let len = usize::from(*datagram.get(at)?);
+            at += 1;
+            match len {
+                0 => break,
+                1..=63 => at += len,
+                _ => return None,
+            }
+        }
+        let end = at + 4; // QTYPE and QCLASS
+        Some(Self {
+            bytes: datagram.get(HEADER..end)?,
+            labels_len: at - 1 - HEADER,
+        })
+    }
+}
+
+impl EmitAndCount for RawQuestion<'_> {
+    fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
+        let start = encoder.offset();
+        encoder.emit_vec(self.bytes)?;
+        encoder.store_label_pointer(start, start + self.labels_len);
+        Ok(1)
     }
 }
 
@@ -136,6 +192,44 @@ fn family_bits(ip: IpAddr) -> u8 {
 }
 
 impl GeoDns {
+    /// Answers one UDP datagram, writing the encoded answer into `out`, or leaving it empty
+    /// when the datagram gets none: it is shorter than a header, is itself a response (never
+    /// answered, so that forged sources cannot make two servers talk to each other forever),
+    /// or comes from port 0. A query that does not parse past its header gets FORMERR, as
+    /// hickory-server answers it over TCP.
+    pub fn answer_datagram(&self, datagram: &[u8], src: SocketAddr, out: &mut Vec<u8>) {
+        if src.port() == 0 {
+            return;
+        }
+        let mut encoder = BinEncoder::new(out);
+        let encoded = match MessageRequest::from_bytes(datagram) {
+            Ok(request) if request.message_type() == MessageType::Query => {
+                let reply = self.reply(&request, src, Protocol::Udp);
+                match RawQuestion::of(datagram, request.queries().len()) {
+                    Some(mut question) => reply.emit(&mut question, &mut encoder),
+                    None => {
+                        let mut questions = request.queries().iter().map(LowerQuery::original);
+                        reply.emit(&mut questions, &mut encoder)
+                    }
+                }
+            }
+            Ok(_) => return,
+            Err(_) => match Header::from_bytes(datagram) {
+                Ok(header) if header.message_type() == MessageType::Query => {
+                    let reply = Reply::new(&header).rcode(ResponseCode::FormErr);
+                    reply.emit(&mut iter::empty::<&Query>(), &mut encoder)
+                }
+                _ => return,
+            },
+        };
+        if let Err(error) = encoded {
+            // Every reply is within a u16's length and made of records we built; this is a
+            // bug, not bad input. The client gets no answer and asks again.
+            tracing::warn!(%src, %error, "geo DNS answer does not encode");
+            out.clear();
+        }
+    }
+
     /// The reply to `request`, which came from `src` over `protocol`.
     pub(crate) fn reply(
         &self,
@@ -202,7 +296,11 @@ impl GeoDns {
     ) -> u8 {
         let zone = &self.zone;
         let qname = query.name();
-        if query.query_class() != DNSClass::IN || !zone.origin.zone_of(qname) {
+        // Host names first: they are nearly every query, and one hash lookup settles them.
+        let node = zone.names.get(qname);
+        let at_apex = node.is_none() && *qname == zone.origin;
+        let in_zone = node.is_some() || at_apex || zone.origin.zone_of(qname);
+        if query.query_class() != DNSClass::IN || !in_zone {
             reply.header.set_response_code(ResponseCode::Refused);
             return 0;
         }
@@ -216,7 +314,7 @@ impl GeoDns {
         // Answers carry the question's own spelling, for resolvers that randomise case.
         let owner = query.original().name();
 
-        let serves_relays = if *qname == zone.origin {
+        let serves_relays = if at_apex {
             if matches!(qtype, RecordType::SOA | RecordType::ANY) {
                 reply.answers.push(with_owner(&zone.soa, owner));
             }
@@ -227,7 +325,7 @@ impl GeoDns {
             }
             zone.apex_hosts.is_some()
         } else {
-            match zone.names.get(qname) {
+            match node {
                 None => {
                     reply.header.set_response_code(ResponseCode::NXDomain);
                     reply.authority.push(zone.negative_soa.clone());
@@ -289,20 +387,20 @@ impl GeoDns {
         match ecs {
             Some(ecs) if ecs.source_prefix() > 0 => {
                 let addr = ecs.addr();
-                match self.geoip.lookup(addr) {
-                    Some(hit) => {
-                        let mut scope = hit.network_prefix_len;
+                match self.geoip.place(addr) {
+                    Some(place) => {
+                        let mut scope = place.network_prefix_len;
                         if addr.is_ipv6() && addr.to_canonical().is_ipv4() {
                             // An IPv4-mapped subnet: GeoIP answered for the IPv4 address,
                             // whose network sits 96 bits into the IPv6 one.
                             scope = scope.saturating_add(96);
                         }
-                        (Some(hit.location), scope.min(family_bits(addr)))
+                        (Some(place.location), scope.min(family_bits(addr)))
                     }
                     None => (None, ecs.source_prefix()),
                 }
             }
-            _ => (self.geoip.lookup(src).map(|hit| hit.location), 0),
+            _ => (self.geoip.place(src).map(|place| place.location), 0),
         }
     }
 

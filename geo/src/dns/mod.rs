@@ -1,8 +1,9 @@
 //! The geo DNS server: authoritative for one zone, it answers A/AAAA queries for service host
 //! names with the best one or two relays for the client, ranked by [`crate::rank::rank`] from
 //! where GeoIP places the client (the EDNS Client Subnet if the query has one, else the
-//! resolver's address). It speaks UDP and TCP through hickory-server, honours ECS with the
-//! scope RFC 7871 asks for, and answers bad queries with FORMERR or REFUSED.
+//! resolver's address). It speaks UDP (batched, on threads of its own: see `udp.rs`) and TCP
+//! (through hickory-server), honours ECS with the scope RFC 7871 asks for, and answers bad
+//! queries with FORMERR or REFUSED.
 //!
 //! Where clients of the query's network have reported round trips to relays (the table's
 //! measurements per [`Network`], an IPv4 /24 or an IPv6 /48), they rank the answer as the
@@ -40,6 +41,7 @@ mod config;
 mod network;
 mod sockets;
 mod table;
+mod udp;
 
 use std::sync::Arc;
 
@@ -59,11 +61,17 @@ pub use table::{DnsRelay, DnsTable};
 use crate::geoip::GeoIp;
 use crate::GeoError;
 use config::Zone;
+use udp::UdpThreads;
+
+/// UDP threads at most, however many cores: past a few, the socket's queue is the limit.
+const MAX_UDP_THREADS: usize = 4;
 
 /// The request handler: the zone, the relays, and the GeoIP database. [`serve`] runs it; it is
-/// public for callers that want to give hickory-server other sockets too.
+/// public for callers that want to give hickory-server other sockets too. Clones share
+/// everything, so that the UDP threads and the TCP tasks answer from the same table.
+#[derive(Clone)]
 pub struct GeoDns {
-    zone: Zone,
+    zone: Arc<Zone>,
     table: watch::Receiver<Arc<DnsTable>>,
     geoip: Arc<GeoIp>,
 }
@@ -76,7 +84,7 @@ impl GeoDns {
         geoip: Arc<GeoIp>,
     ) -> Result<Self, GeoError> {
         Ok(Self {
-            zone: Zone::from_config(config)?,
+            zone: Arc::new(Zone::from_config(config)?),
             table,
             geoip,
         })
@@ -145,13 +153,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), GeoError> {
     let handler = GeoDns::new(&config, table, geoip)?;
-    let mut server = ServerFuture::new(handler);
-    server
-        .register_socket_std(sockets.udp)
-        .map_err(|source| GeoError::DnsSocket {
-            proto: "dns-udp",
-            source,
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_UDP_THREADS));
+    // Its own token, so that an ended server stops its threads without cancelling the caller's.
+    let stop_udp = shutdown.child_token();
+    let mut udp =
+        UdpThreads::start(sockets.udp, &handler, threads, &stop_udp).map_err(|source| {
+            GeoError::DnsSocket {
+                proto: "dns-udp",
+                source,
+            }
         })?;
+    let mut server = ServerFuture::new(handler);
     server
         .register_listener_std(sockets.tcp, config.tcp_timeout)
         .map_err(|source| GeoError::DnsSocket {
@@ -159,16 +171,25 @@ pub async fn serve(
             source,
         })?;
 
-    tokio::select! {
+    let stopped = tokio::select! {
         ended = server.block_until_done() => {
-            // The sockets' tasks end only when told to, or when a socket fails.
-            let reason = match ended {
-                Ok(()) => "its sockets closed".to_owned(),
+            // The listener's task ends only when told to, or when the socket fails.
+            Some(match ended {
+                Ok(()) => "its TCP listener closed".to_owned(),
                 Err(error) => error.to_string(),
-            };
-            return Err(GeoError::DnsStopped { reason });
+            })
         }
-        () = shutdown.cancelled() => {}
+        ended = udp.next_ended() => Some(match ended {
+            Some(Err(error)) => format!("its UDP socket failed: {error}"),
+            _ => "a UDP thread stopped".to_owned(),
+        }),
+        () = shutdown.cancelled() => None,
+    };
+    // The UDP threads see the token within their poll interval.
+    stop_udp.cancel();
+    while udp.next_ended().await.is_some() {}
+    if let Some(reason) = stopped {
+        return Err(GeoError::DnsStopped { reason });
     }
     server
         .shutdown_gracefully()

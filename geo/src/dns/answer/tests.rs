@@ -122,6 +122,9 @@ impl Fixture {
     /// parse (hickory-server then answers FORMERR itself, or drops it when even the header is
     /// short).
     async fn ask_bytes(&self, bytes: &[u8], protocol: Protocol) -> Result<Message, String> {
+        if protocol == Protocol::Udp {
+            return self.ask_datagram(bytes);
+        }
         let request = MessageRequest::read(&mut BinDecoder::new(bytes)).map_err(|e| {
             if e.kind().as_form_error().is_some() {
                 "FORMERR".to_owned()
@@ -138,6 +141,28 @@ impl Fixture {
         self.dns.handle_request(&request, capture.clone()).await;
         let sent = capture.sent.lock().unwrap().take().expect("an answer");
         Ok(Message::from_vec(&sent).expect("the answer decodes"))
+    }
+}
+
+impl Fixture {
+    /// What a UDP thread does with a datagram: the same `Err`s as [`Fixture::ask_bytes`]
+    /// when there is no answer, or when the query does not parse (and then the answer must be
+    /// FORMERR, with the query's ID).
+    fn ask_datagram(&self, bytes: &[u8]) -> Result<Message, String> {
+        let mut out = Vec::new();
+        self.dns
+            .answer_datagram(bytes, RESOLVER.parse().unwrap(), &mut out);
+        if out.is_empty() {
+            return Err("dropped".to_owned());
+        }
+        let answer = Message::from_vec(&out).expect("the answer decodes");
+        if MessageRequest::read(&mut BinDecoder::new(bytes)).is_err() {
+            assert_eq!(answer.response_code(), ResponseCode::FormErr);
+            assert_eq!(answer.id(), u16::from_be_bytes([bytes[0], bytes[1]]));
+            assert!(answer.queries().is_empty() && answer.answers().is_empty());
+            return Err("FORMERR".to_owned());
+        }
+        Ok(answer)
     }
 }
 
@@ -626,6 +651,47 @@ async fn answers_keep_the_question_spelling() {
     }
     let api = f.ask(&query("api.sat.example.com.", RecordType::A)).await;
     assert_eq!(api.answers().len(), 2);
+}
+
+/// UDP answers copy the question as it came, and name their records with a pointer to it; the
+/// TCP path (hickory-server's encoder) gives the same message.
+#[tokio::test]
+async fn udp_answers_copy_the_question_and_match_tcp() {
+    let f = Fixture::standard();
+    let q = with_ecs(
+        query("aPp.SAT.example.COM.", RecordType::A),
+        "81.2.69.142/32",
+    );
+    let bytes = q.to_bytes().unwrap();
+    let mut out = Vec::new();
+    f.dns
+        .answer_datagram(&bytes, RESOLVER.parse().unwrap(), &mut out);
+    let question_len = "aPp.SAT.example.COM.".len() + 1 + 4;
+    assert_eq!(out[12..12 + question_len], bytes[12..12 + question_len]);
+    // The first answer's owner: a pointer to offset 12, the question's name.
+    assert_eq!(out[12 + question_len..][..2], [0xc0, 0x0c]);
+    let udp = Message::from_vec(&out).unwrap();
+    let tcp = f.ask_over(&q, Protocol::Tcp).await;
+    assert_eq!(udp.to_vec().unwrap(), tcp.to_vec().unwrap());
+    assert_eq!(addresses(&udp), ips(&[LON4, NYC4]));
+}
+
+#[tokio::test]
+async fn responses_and_port_zero_get_no_answer() {
+    let f = Fixture::standard();
+    let mut response = query("app.sat.example.com.", RecordType::A);
+    response.set_message_type(MessageType::Response);
+    assert_eq!(
+        f.ask_datagram(&response.to_bytes().unwrap()).unwrap_err(),
+        "dropped"
+    );
+    let good = query("app.sat.example.com.", RecordType::A)
+        .to_bytes()
+        .unwrap();
+    let mut out = Vec::new();
+    f.dns
+        .answer_datagram(&good, "192.0.2.53:0".parse().unwrap(), &mut out);
+    assert!(out.is_empty(), "an answer to port 0");
 }
 
 /// A query whose ECS option is `data` as it goes on the wire: FAMILY, SOURCE PREFIX-LENGTH,
