@@ -81,7 +81,7 @@ pub async fn run(
     );
     relay.location = config.relay.location;
     relay.addresses = public_addresses(&config, &sockets);
-    relay.latency_url = latency_url(&config, &relay.addresses);
+    relay.latency_url = latency_url(&sockets, &relay.addresses);
     let relay = Arc::new(relay);
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
@@ -352,15 +352,40 @@ async fn load_or_enrol(
     .await
 }
 
-/// The relay's latency-check URL: its first public address, over HTTPS if it serves HTTPS.
-fn latency_url(config: &RelayConfig, addresses: &[String]) -> Option<String> {
-    let first = addresses.first()?;
-    let scheme = if config.https.is_some() {
-        "https"
-    } else {
-        "http"
+/// The relay's latency-check URL: its first public address, over HTTPS if it serves HTTPS
+/// (else plain HTTP), on the port it listens on when the address names none.
+fn latency_url(sockets: &Sockets, addresses: &[String]) -> Option<String> {
+    let port = |l: &Option<std::net::TcpListener>| Some(l.as_ref()?.local_addr().ok()?.port());
+    let (scheme, port) = match (port(&sockets.https), port(&sockets.http)) {
+        (Some(https), _) => ("https", https),
+        (None, Some(http)) => ("http", http),
+        (None, None) => return None,
     };
-    Some(format!("{scheme}://{first}{}", public::LATENCY_PATH))
+    let authority = with_port(
+        addresses.first()?,
+        port,
+        if scheme == "https" { 443 } else { 80 },
+    );
+    Some(format!("{scheme}://{authority}{}", public::LATENCY_PATH))
+}
+
+/// `address` as a URL authority: a public address given without a port (a bare IP or host
+/// name, which geo DNS hands out as is) is reached on the port the relay listens on, so the
+/// URL names that port unless it is the scheme's default.
+fn with_port(address: &str, port: u16, default_port: u16) -> String {
+    let has_port = address.parse::<std::net::SocketAddr>().is_ok()
+        || address
+            .rsplit_once(':')
+            .is_some_and(|(host, p)| !host.contains(':') && p.parse::<u16>().is_ok());
+    let host = match address.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => address.to_owned(),
+    };
+    if has_port || port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Where users reach this relay: as configured, or else the addresses it listens on.
@@ -392,5 +417,34 @@ async fn accept_clients(endpoint: Endpoint, relay: Arc<Relay>, stop: Cancellatio
         relay
             .users
             .spawn(client::serve_quic(incoming, relay.clone(), stop.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_port;
+
+    #[test]
+    fn a_public_address_without_a_port_takes_the_listening_port() {
+        assert_eq!(with_port("192.0.2.7", 8443, 443), "192.0.2.7:8443");
+        assert_eq!(with_port("2001:db8::7", 8443, 443), "[2001:db8::7]:8443");
+        assert_eq!(
+            with_port("relay.example.net", 8443, 443),
+            "relay.example.net:8443"
+        );
+        assert_eq!(with_port("192.0.2.7", 443, 443), "192.0.2.7");
+    }
+
+    #[test]
+    fn a_public_address_with_a_port_is_kept() {
+        assert_eq!(with_port("192.0.2.7:443", 8443, 443), "192.0.2.7:443");
+        assert_eq!(
+            with_port("[2001:db8::7]:443", 8443, 443),
+            "[2001:db8::7]:443"
+        );
+        assert_eq!(
+            with_port("relay.example.net:443", 8443, 443),
+            "relay.example.net:443"
+        );
     }
 }

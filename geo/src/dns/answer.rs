@@ -17,6 +17,7 @@ use hickory_proto::ProtoError;
 use hickory_server::authority::MessageRequest;
 
 use super::config::Node;
+use super::memo::{self, Choice, ClientKey};
 use super::table::DnsTable;
 use super::{GeoDns, Network};
 use crate::rank::{rank, Client};
@@ -340,25 +341,21 @@ impl GeoDns {
         let wants_relays =
             serves_relays && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
         if wants_relays {
-            let (location, geo_scope) = self.locate(ecs, src);
             let table = self.table.borrow().clone();
-            let measured = client_network(ecs, src)
-                .and_then(|(network, scope)| Some((table.measured(network)?, scope)));
-            let client = Client {
-                location,
-                measured: measured.map(|(rtts, _)| rtts.clone()).unwrap_or_default(),
-            };
-            if qtype != RecordType::AAAA {
-                self.relay_records(&table, &client, owner, false, &mut reply.answers);
-            }
-            if qtype != RecordType::A {
-                self.relay_records(&table, &client, owner, true, &mut reply.answers);
-            }
-            if !reply.answers.is_empty() {
-                scope = match measured {
-                    Some((_, network_scope)) => geo_scope.max(network_scope),
-                    None => geo_scope,
-                };
+            let families = [(RecordType::AAAA, false), (RecordType::A, true)];
+            for (not_for, v6) in families {
+                if qtype == not_for {
+                    continue;
+                }
+                let key = client_key(ecs, src, v6);
+                let choice = memo::choice(&self.zone, &table, key, || {
+                    self.choose(ecs, src, &table, v6)
+                });
+                let before = reply.answers.len();
+                self.relay_records(&table, &choice.relays, owner, v6, &mut reply.answers);
+                if reply.answers.len() > before {
+                    scope = choice.scope;
+                }
             }
         }
 
@@ -404,29 +401,71 @@ impl GeoDns {
         }
     }
 
-    /// The A (or AAAA) records of the best relays that have an address of that family.
+    /// The best relays for the client that have an address of the family (AAAA if `v6`), and
+    /// the ECS scope that choice holds for: where GeoIP places the client, and the round trips
+    /// its network reported.
+    fn choose(
+        &self,
+        ecs: Option<&ClientSubnet>,
+        src: IpAddr,
+        table: &DnsTable,
+        v6: bool,
+    ) -> Choice {
+        let (location, geo_scope) = self.locate(ecs, src);
+        let measured = client_network(ecs, src)
+            .and_then(|(network, scope)| Some((table.measured(network)?, scope)));
+        let client = Client {
+            location,
+            measured: measured.map(|(rtts, _)| rtts.clone()).unwrap_or_default(),
+        };
+        let candidates = table.relays().iter().filter(|r| r.has_family(v6));
+        let relays = rank(&client, candidates.map(|r| &r.relay), table.peers())
+            .iter()
+            .take(self.zone.relays_per_answer)
+            .filter_map(|ranked| {
+                table
+                    .relays()
+                    .iter()
+                    .position(|r| ptr::eq(&r.relay, ranked.relay))
+            })
+            .collect();
+        let scope = match measured {
+            Some((_, network_scope)) => geo_scope.max(network_scope),
+            None => geo_scope,
+        };
+        Choice { relays, scope }
+    }
+
+    /// The A (or AAAA) records of the chosen relays, best first.
     fn relay_records(
         &self,
         table: &DnsTable,
-        client: &Client,
+        chosen: &[usize],
         owner: &Name,
         v6: bool,
         out: &mut Vec<Record>,
     ) {
-        let relays = table.relays().iter().filter(|r| r.has_family(v6));
-        for ranked in rank(client, relays.clone().map(|r| &r.relay), table.peers())
-            .iter()
-            .take(self.zone.relays_per_answer)
-        {
-            let Some(relay) = relays.clone().find(|r| ptr::eq(&r.relay, ranked.relay)) else {
-                continue;
-            };
+        for relay in chosen.iter().filter_map(|&i| table.relays().get(i)) {
             if v6 {
                 out.extend(relay.ipv6.iter().map(|&ip| aaaa(owner, self.zone.ttl, ip)));
             } else {
                 out.extend(relay.ipv4.iter().map(|&ip| a(owner, self.zone.ttl, ip)));
             }
         }
+    }
+}
+
+/// What the relays chosen for a query depend on, besides the table: the ECS subnet, or the
+/// resolver's address if the query has no ECS option or one that asks not to use its subnet.
+fn client_key(ecs: Option<&ClientSubnet>, src: IpAddr, v6: bool) -> ClientKey {
+    let addr = match ecs {
+        Some(ecs) if ecs.source_prefix() > 0 => ecs.addr(),
+        _ => src,
+    };
+    ClientKey {
+        addr,
+        source_prefix: ecs.map(ClientSubnet::source_prefix),
+        v6,
     }
 }
 

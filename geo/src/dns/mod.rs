@@ -38,6 +38,7 @@
 
 mod answer;
 mod config;
+mod memo;
 mod network;
 mod sockets;
 mod table;
