@@ -171,7 +171,7 @@ fn client_subnet(edns: Option<&Edns>) -> Result<Option<ClientSubnet>, ()> {
     }
 }
 
-fn well_formed(ecs: &ClientSubnet) -> bool {
+pub(super) fn well_formed(ecs: &ClientSubnet) -> bool {
     let prefix = u32::from(ecs.source_prefix());
     match ecs.addr() {
         IpAddr::V4(addr) => {
@@ -199,9 +199,14 @@ impl GeoDns {
     /// or comes from port 0. A query that does not parse past its header gets FORMERR, as
     /// hickory-server answers it over TCP.
     pub fn answer_datagram(&self, datagram: &[u8], src: SocketAddr, out: &mut Vec<u8>) {
-        if src.port() == 0 {
+        if src.port() == 0 || self.answer_fast(datagram, src, out) {
             return;
         }
+        self.answer_general(datagram, src, out);
+    }
+
+    /// [`Self::answer_datagram`] for any query, through hickory-proto's message types.
+    pub(super) fn answer_general(&self, datagram: &[u8], src: SocketAddr, out: &mut Vec<u8>) {
         let mut encoder = BinEncoder::new(out);
         let encoded = match MessageRequest::from_bytes(datagram) {
             Ok(request) if request.message_type() == MessageType::Query => {
@@ -404,7 +409,7 @@ impl GeoDns {
     /// The best relays for the client that have an address of the family (AAAA if `v6`), and
     /// the ECS scope that choice holds for: where GeoIP places the client, and the round trips
     /// its network reported.
-    fn choose(
+    pub(super) fn choose(
         &self,
         ecs: Option<&ClientSubnet>,
         src: IpAddr,

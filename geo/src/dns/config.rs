@@ -1,7 +1,7 @@
 //! The geo DNS server's settings, and their check: everything is validated, and turned into
 //! the DNS names and records the server answers with, before a socket is bound.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use hickory_proto::rr::rdata::{NS, SOA};
@@ -190,6 +190,9 @@ pub(crate) struct Zone {
     pub ttl: u32,
     pub relays_per_answer: usize,
     pub max_udp_payload: u16,
+    /// The names whose A and AAAA queries get relays (hosts, in-zone name servers, and the
+    /// apex if it is a host), in lowercase wire form, for the UDP fast path.
+    pub relay_names: HashSet<Box<[u8]>>,
 }
 
 fn bad(key: impl Into<String>, problem: impl Into<String>) -> GeoError {
@@ -372,9 +375,19 @@ impl Zone {
             .map(|n| Record::from_rdata(origin.clone(), zone_ttl, RData::NS(NS(n))))
             .collect();
 
+        let mut relay_names: HashSet<Box<[u8]>> = names
+            .iter()
+            .filter(|(_, node)| matches!(node, Node::Service(_) | Node::NameServer))
+            .map(|(name, _)| wire_form(&Name::from(name)))
+            .collect();
+        if apex_hosts.is_some() {
+            relay_names.insert(wire_form(&origin));
+        }
+
         Ok(Self {
             origin: LowerName::new(&origin),
             names,
+            relay_names,
             apex_hosts,
             soa,
             negative_soa,
@@ -385,6 +398,19 @@ impl Zone {
             max_udp_payload: config.max_udp_payload,
         })
     }
+}
+
+/// A name as it is written in a message without compression: each label after its length,
+/// then the root's zero.
+fn wire_form(name: &Name) -> Box<[u8]> {
+    let mut wire = Vec::with_capacity(name.len() + 1);
+    for label in name.iter() {
+        // A label is at most 63 bytes (Name checks), so this never saturates.
+        wire.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
+        wire.extend_from_slice(label);
+    }
+    wire.push(0);
+    wire.into()
 }
 
 /// `hostmaster@example.com` or `hostmaster.example.com` -> `hostmaster.example.com.`

@@ -676,6 +676,123 @@ async fn udp_answers_copy_the_question_and_match_tcp() {
     assert_eq!(addresses(&udp), ips(&[LON4, NYC4]));
 }
 
+/// The fast path (`fast.rs`) writes the same bytes the general path does, for every query
+/// shape it takes; and it takes the common ones.
+#[test]
+fn the_fast_path_answers_as_the_general_path_does() {
+    let f = Fixture::standard();
+    let names = [
+        "app.sat.example.com.",
+        "aPp.SAT.example.COM.",
+        "api.sat.example.com.",
+        "deep.tree.sat.example.com.",
+        "ns1.sat.example.com.",
+        "sat.example.com.",
+        "tree.sat.example.com.",
+        "missing.sat.example.com.",
+        "app.other.example.",
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::MX,
+        RecordType::ANY,
+    ];
+    let subnets = [
+        None,
+        Some("81.2.69.142/32"),
+        Some("81.2.69.0/24"),
+        Some("216.160.83.56/29"),
+        Some("2001:218::/32"),
+        Some("0.0.0.0/0"),
+    ];
+    let sources = ["192.0.2.53:5353", "81.2.69.142:53", "[2001:db8::53]:53"];
+    let mut fast_answers = 0;
+    let mut compared = 0;
+    for name in names {
+        for qtype in types {
+            for subnet in subnets {
+                for (payload, flags) in [(None, 0u8), (Some(512), 1), (Some(4096), 2)] {
+                    let mut q = query(name, qtype);
+                    q.set_recursion_desired(flags != 1)
+                        .set_checking_disabled(flags == 2);
+                    let q = match (subnet, payload) {
+                        (Some(subnet), _) => with_ecs(q, subnet),
+                        (None, Some(payload)) => with_edns(q, payload),
+                        (None, None) => q,
+                    };
+                    let mut q = q;
+                    if flags == 2 {
+                        edns_mut(&mut q).set_dnssec_ok(true);
+                    }
+                    let bytes = q.to_bytes().unwrap();
+                    for src in sources {
+                        let src: SocketAddr = src.parse().unwrap();
+                        let (mut fast, mut general) = (Vec::new(), Vec::new());
+                        f.dns.answer_general(&bytes, src, &mut general);
+                        compared += 1;
+                        if f.dns.answer_fast(&bytes, src, &mut fast) {
+                            fast_answers += 1;
+                            assert_eq!(
+                                fast, general,
+                                "{name} {qtype} {subnet:?} {payload:?} from {src}"
+                            );
+                        } else {
+                            assert!(fast.is_empty(), "a declined query leaves no bytes");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // app, its other spelling, api, deep.tree and ns1; A and AAAA; every subnet, size and
+    // source.
+    assert_eq!(
+        fast_answers,
+        5 * 2 * subnets.len() * 3 * sources.len(),
+        "of {compared}"
+    );
+}
+
+/// Relays the fast path cannot answer for (none up, or an answer too big for the client's
+/// buffer) fall through to the general path's NODATA and truncation.
+#[test]
+fn the_fast_path_leaves_nodata_and_truncation_to_the_general_path() {
+    let many: Vec<DnsRelay> = (1..=40)
+        .map(|n| {
+            let v6 = format!("[2001:db8::{n:x}]:443");
+            relay(&format!("r{n}"), LONDON, &[v6.as_str()])
+        })
+        .collect();
+    let mut config = config();
+    config.relays_per_answer = 2;
+    let f = Fixture::new(&config, &many[..1]);
+    let src: SocketAddr = RESOLVER.parse().unwrap();
+    // Only IPv6 addresses: an A query is NODATA.
+    let a = query("app.sat.example.com.", RecordType::A)
+        .to_bytes()
+        .unwrap();
+    let mut out = Vec::new();
+    assert!(!f.dns.answer_fast(&a, src, &mut out) && out.is_empty());
+    // Within the limit, the fast path answers.
+    let aaaa = with_edns(query("app.sat.example.com.", RecordType::AAAA), 512)
+        .to_bytes()
+        .unwrap();
+    assert!(f.dns.answer_fast(&aaaa, src, &mut out));
+    // A relay with many addresses overflows 512 bytes without EDNS.
+    let addresses: Vec<String> = (1..=40).map(|n| format!("[2001:db8::{n:x}]:443")).collect();
+    let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    f.set_relays(&[relay("big", LONDON, &refs)]);
+    let plain = query("app.sat.example.com.", RecordType::AAAA)
+        .to_bytes()
+        .unwrap();
+    let mut out = Vec::new();
+    assert!(!f.dns.answer_fast(&plain, src, &mut out) && out.is_empty());
+    f.dns.answer_datagram(&plain, src, &mut out);
+    let answer = Message::from_vec(&out).unwrap();
+    assert!(answer.truncated() && answer.answers().is_empty());
+}
+
 #[tokio::test]
 async fn responses_and_port_zero_get_no_answer() {
     let f = Fixture::standard();
