@@ -30,15 +30,13 @@ mod routes;
 mod tcp;
 mod uplink;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
-use sat_geo::dns::{DnsRelay, DnsTable, Network};
-use sat_geo::rank::{PeerRtts, Relay as GeoRelay, State};
-use sat_proto::control::{RelayInfo, RelayState, RoutingTable};
+use sat_geo::dns::DnsTable;
 use sat_transport::pin::CertSlot;
+use sat_transport::routing;
 use sat_transport::tls::{self, Identity, QuicLimits};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -225,57 +223,13 @@ async fn feed_dns(relay: Arc<Relay>, table: watch::Sender<Arc<DnsTable>>, stop: 
     loop {
         let current = routes.borrow_and_update().clone();
         if let Some(r) = current {
-            table.send_replace(Arc::new(dns_table(r.relays(), &r.routing)));
+            table.send_replace(Arc::new(routing::dns_table(r.relays(), &r.routing)));
         }
         tokio::select! {
             changed = routes.changed() => if changed.is_err() { return },
             () = stop.cancelled() => return,
         }
     }
-}
-
-/// The DNS table for a pushed relay map: every relay, down and draining ones too (the ranking
-/// leaves those out), with the IP literals among its addresses, and the routing table's round
-/// trips between relays and from clients' networks.
-fn dns_table(relays: &[RelayInfo], routing: &RoutingTable) -> DnsTable {
-    let relays = relays.iter().map(|info| {
-        let relay = GeoRelay {
-            name: info.name.clone(),
-            region: info.region.clone(),
-            state: match info.state {
-                RelayState::Up => State::Up,
-                RelayState::Draining => State::Draining,
-                RelayState::Down => State::Down,
-            },
-            location: info.location.map(|l| sat_geo::Location {
-                lat: l.lat,
-                lon: l.lon,
-            }),
-            // 0 is the map's "not measured yet".
-            primary_rtt: (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us)),
-            load: info.load,
-        };
-        DnsRelay::new(relay, &info.addresses)
-    });
-    let peers: PeerRtts = routing
-        .peers
-        .iter()
-        .map(|l| (&l.a, &l.b, Duration::from_micros(l.rtt_us)))
-        .collect();
-    let mut networks = BTreeMap::new();
-    for n in &routing.networks {
-        // The control plane sends only well-formed networks; one that is not is skipped.
-        let Ok(network) = n.network.parse::<Network>() else {
-            continue;
-        };
-        let rtts = n
-            .rtts
-            .iter()
-            .map(|r| (r.relay.clone(), Duration::from_micros(r.rtt_us)))
-            .collect();
-        networks.insert(network, rtts);
-    }
-    DnsTable::new(relays.collect(), peers, networks)
 }
 
 async fn serve_dns(
