@@ -419,11 +419,7 @@ async fn check_geo_dns(banner: &[String], dir: &Path) -> Result<()> {
             .find(|l| l.contains("dig @") && l.contains(&format!("+subnet={subnet} ")))
             .with_context(|| format!("the banner has no dig line for {subnet}"))?;
         let out = paste(line.trim(), dir).await?;
-        let answers: Vec<&str> = out
-            .lines()
-            .filter(|l| l.starts_with("demo.sat.test.") && l.contains("\tA\t"))
-            .filter_map(|l| l.split_whitespace().last())
-            .collect();
+        let answers = a_records(&out);
         ensure!(
             answers == [want],
             "{subnet}: answers {answers:?}, want {want}\n{out}"
@@ -434,7 +430,27 @@ async fn check_geo_dns(banner: &[String], dir: &Path) -> Result<()> {
             "{subnet}: ECS line {ecs:?}, want scope {scope}"
         );
     }
+    // The control plane answers from its own relay map, as the relays do from theirs.
+    let line = banner
+        .iter()
+        .find(|l| l.contains("dig @127.0.0.1 "))
+        .context("the banner has no dig line for the control plane's DNS")?;
+    let out = paste(line.trim(), dir).await?;
+    let (subnet, want, _) = DNS_STORY[0];
+    ensure!(
+        line.contains(subnet) && a_records(&out) == [want],
+        "the control plane's DNS: {line}\n{out}"
+    );
     Ok(())
+}
+
+/// The addresses of dig's answer section for `demo.sat.test`.
+fn a_records(dig_output: &str) -> Vec<&str> {
+    dig_output
+        .lines()
+        .filter(|l| l.starts_with("demo.sat.test.") && l.contains("\tA\t"))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect()
 }
 
 /// Starts `sat up ARGS --data-dir DATA` in its own process group, so that the test can send
