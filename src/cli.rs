@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sat_client::{Chooser, ClientError, Options, Route};
 use sat_control::ControlConfig;
+use sat_geo::dns::DnsSection;
 use sat_proto::stream::RejectCode;
 use sat_relay::RelayConfig;
 use tokio_util::sync::CancellationToken;
@@ -485,6 +486,7 @@ fn check(path: &Path) -> Result<&'static str, String> {
             sat_control::pki::Ca::load_files(&ca.cert, &ca.key)
                 .map_err(|e| format!("{}: [ca]: {e}", path.display()))?;
         }
+        check_geoip(path, c.dns.as_ref())?;
         Ok("control")
     } else if table.contains_key("relay") {
         let c = RelayConfig::parse(&text, path).map_err(|e| e.to_string())?;
@@ -492,11 +494,22 @@ fn check(path: &Path) -> Result<&'static str, String> {
             sat_transport::tls::Identity::load(&h.cert, &h.key)
                 .map_err(|e| format!("{}: [https]: {e}", path.display()))?;
         }
+        check_geoip(path, c.dns.as_ref())?;
         Ok("relay")
     } else {
         Err(format!(
             "{}: cannot tell what this config is for: it needs a [control] or a [relay] table",
             path.display()
         ))
+    }
+}
+
+/// `[dns]`'s GeoIP database must open, as it must when geo DNS starts.
+fn check_geoip(path: &Path, dns: Option<&DnsSection>) -> Result<(), String> {
+    match dns {
+        Some(dns) => sat_geo::geoip::GeoIp::open(&dns.geoip)
+            .map(drop)
+            .map_err(|e| format!("{}: [dns]: {e}", path.display())),
+        None => Ok(()),
     }
 }

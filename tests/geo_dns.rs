@@ -1,12 +1,13 @@
-//! Geo DNS served by a real relay: `dig` with ECS subnets from the GeoIP test database gets
-//! the relay nearest to each, and a relay taken out of rotation stops being handed out.
+//! Geo DNS served by real relays and by a real control plane: `dig` with ECS subnets from the
+//! GeoIP test database gets the relay nearest to each, and a relay taken out of rotation (killed
+//! or drained) stops being handed out.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use common::*;
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -18,13 +19,15 @@ const RELAYS: [(&str, (f64, f64), &str); 3] = [
     ("newyork", (40.71, -74.01), "198.51.100.2"),
     ("singapore", (1.35, 103.82), "198.51.100.3"),
 ];
-
-fn geoip_db() -> String {
-    format!(
-        "{}/tests/data/GeoIP2-City-Test.mmdb",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
+const LONDON_IP: &str = RELAYS[0].2;
+const NEWYORK_IP: &str = RELAYS[1].2;
+const SINGAPORE_IP: &str = RELAYS[2].2;
+/// A resolver in London, and one in Changchun, China, in the test database.
+const LONDON: &str = "81.2.69.142/32";
+const CHANGCHUN: &str = "175.16.199.0/24";
+/// How soon a relay taken out of rotation must leave the answers: the control plane marks a
+/// silent relay down after 2 s, and a draining one at once.
+const GONE_WITHIN: Duration = Duration::from_secs(3);
 
 /// `dig @dns A app.sat.test +subnet=SUBNET`: the answers in order and the CLIENT-SUBNET line.
 async fn dig(dns: SocketAddr, subnet: &str) -> Result<(Vec<String>, String)> {
@@ -48,45 +51,67 @@ async fn dig(dns: SocketAddr, subnet: &str) -> Result<(Vec<String>, String)> {
     Ok((answers, ecs))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relays_answer_geo_dns_with_the_nearest_healthy_relay() -> Result<()> {
-    let echo = echo_backend().await?;
-    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
-    let dns_section = format!(
-        "geoip = \"{}\"\n\n[dns.authority]\nzone = \"sat.test\"\nhosts = {{ app = \"echo\" }}\nrelays_per_answer = 1\n",
-        geoip_db()
-    );
+/// Asks `dns` for `subnet` every 20 ms until the one answer is `want`; returns how long that
+/// took, or fails once `limit` has passed.
+async fn wait_answer(
+    dns: SocketAddr,
+    subnet: &str,
+    want: &str,
+    limit: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let (answers, _) = dig(dns, subnet).await?;
+        if answers == [want] {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!("{subnet} still got {answers:?}, not {want}, after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The three relays; the London one serves geo DNS if `london_dns`.
+async fn start_relays(net: &mut Net, london_dns: bool) -> Result<Vec<Relay>> {
     let mut relays = Vec::new();
     for (name, location, ip) in RELAYS {
         let opts = RelayOpts {
             region: Some(name.into()),
             location: Some(location),
             public_addresses: vec![ip.into()],
-            dns: (name == "london").then(|| dns_section.clone()),
+            dns: (london_dns && name == "london").then(|| dns_section("echo")),
             ..Default::default()
         };
         relays.push(net.relay(opts).await?);
     }
-    let dns = relays[0].dns.context("the london relay serves no DNS")?;
+    Ok(relays)
+}
 
-    // Each relay must be up in the map the DNS relay has before the answers mean anything.
-    let deadline = Instant::now() + SHORT;
-    loop {
-        let (answers, _) = dig(dns, "175.16.199.0/24").await?;
-        if answers == ["198.51.100.3"] {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "China never got Singapore: {answers:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits until the relay map behind `dns` has every relay up: before that, the answers mean
+/// nothing.
+async fn wait_all_up(dns: SocketAddr) -> Result<()> {
+    wait_answer(dns, CHANGCHUN, SINGAPORE_IP, SHORT)
+        .await
+        .context("China never got Singapore")?;
+    wait_answer(dns, LONDON, LONDON_IP, SHORT)
+        .await
+        .context("London never got London")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_answer_geo_dns_with_the_nearest_healthy_relay() -> Result<()> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let relays = start_relays(&mut net, true).await?;
+    let dns = relays[0].dns.context("the london relay serves no DNS")?;
+    wait_all_up(dns).await?;
     for (subnet, want, scope) in [
-        ("81.2.69.142/32", "198.51.100.1", "81.2.69.142/32/31"),
-        ("216.160.83.56/32", "198.51.100.2", "216.160.83.56/32/29"),
-        ("175.16.199.0/24", "198.51.100.3", "175.16.199.0/24/24"),
-        ("89.160.20.112/28", "198.51.100.1", "89.160.20.112/28/28"),
+        (LONDON, LONDON_IP, "81.2.69.142/32/31"),
+        ("216.160.83.56/32", NEWYORK_IP, "216.160.83.56/32/29"),
+        (CHANGCHUN, SINGAPORE_IP, "175.16.199.0/24/24"),
+        ("89.160.20.112/28", LONDON_IP, "89.160.20.112/28/28"),
     ] {
         let (answers, ecs) = dig(dns, subnet).await?;
         ensure!(
@@ -100,19 +125,80 @@ async fn relays_answer_geo_dns_with_the_nearest_healthy_relay() -> Result<()> {
     }
 
     // Drain London: within a push, London's clients get the next best relay instead.
-    let drained = Instant::now();
     net.admin_ok(["relays", "drain", &relays[0].name]).await?;
-    loop {
-        let (answers, _) = dig(dns, "81.2.69.142/32").await?;
-        if answers == ["198.51.100.2"] {
-            break;
-        }
-        ensure!(
-            drained.elapsed() < Duration::from_secs(3),
-            "London still handed out 3 s after the drain: {answers:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!("drain to DNS change: {} ms", drained.elapsed().as_millis());
+    let took = wait_answer(dns, LONDON, NEWYORK_IP, GONE_WITHIN).await?;
+    eprintln!("drain to DNS change: {} ms", took.as_millis());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_geo_dns_drops_killed_and_draining_relays_within_3s() -> Result<()> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start_with(ControlOpts {
+        services: vec![Service::tcp("echo", echo.addr)],
+        dns: Some(dns_section("echo")),
+        ..Default::default()
+    })
+    .await?;
+    let dns = net.control_dns.context("the control plane serves no DNS")?;
+    // No relay serves DNS here: every answer below is the control plane's.
+    let relays = start_relays(&mut net, false).await?;
+    wait_all_up(dns).await?;
+    let (_, ecs) = dig(dns, LONDON).await?;
+    ensure!(
+        ecs.contains("81.2.69.142/32/31"),
+        "London's ECS line: {ecs:?}"
+    );
+
+    // SIGKILL: the relay says nothing; the control plane notices its heartbeats stop.
+    relays[0].proc.signal(libc::SIGKILL)?;
+    let killed = wait_answer(dns, LONDON, NEWYORK_IP, GONE_WITHIN)
+        .await
+        .context("the killed London relay was still handed out")?;
+    // SIGTERM: the relay drains and tells the control plane so.
+    relays[1].proc.signal(libc::SIGTERM)?;
+    let drained = wait_answer(dns, LONDON, SINGAPORE_IP, GONE_WITHIN)
+        .await
+        .context("the draining New York relay was still handed out")?;
+    eprintln!(
+        "control plane DNS: killed relay gone in {} ms, draining relay gone in {} ms",
+        killed.as_millis(),
+        drained.as_millis()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_dns_port_stops_the_control_plane_at_start() -> Result<()> {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?;
+    let dir = tempfile::tempdir()?;
+    let opts = ControlOpts {
+        dns: Some(dns_section("echo")),
+        ..Default::default()
+    };
+    let toml = control_toml(&opts, "127.0.0.1:0", "127.0.0.1:0");
+    let any_port = "[dns]\nlisten = \"127.0.0.1:0\"";
+    ensure!(toml.contains(any_port), "test setup: no [dns] in\n{toml}");
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        toml.replace(any_port, &format!("[dns]\nlisten = \"{addr}\"")),
+    )?;
+    let mut cmd = sat_cmd(["control", "--config"]);
+    cmd.arg(&config);
+    let (status, _, err) = run(cmd, STARTUP).await?;
+    ensure!(
+        !status.success(),
+        "sat control ran with its DNS port taken: {status}\n{err}"
+    );
+    ensure!(
+        err.contains(&addr.to_string()) && err.contains("dns.listen"),
+        "the error should name {addr} and the key to change; it said:\n{err}"
+    );
+    ensure!(
+        !dir.path().join("control-data").exists(),
+        "the control plane wrote its data dir before failing"
+    );
     Ok(())
 }

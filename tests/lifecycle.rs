@@ -170,6 +170,7 @@ fn write_configs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         response_timeout: Some("2s"),
         connect_timeout: Some("1s"),
         relay_cert_lifetime: Some("12h"),
+        dns: Some(dns_section("web")),
     };
     std::fs::write(
         &control,
@@ -182,6 +183,7 @@ fn write_configs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         max_header_size: Some(8192),
         tcp: vec!["ssh".into()],
         health: true,
+        dns: Some(dns_section("web")),
         ..Default::default()
     };
     let uplink: SocketAddr = "127.0.0.1:4433".parse()?;
@@ -240,6 +242,32 @@ async fn check_config_names_the_misspelt_key() -> Result<()> {
         ensure!(
             err.contains(key) && err.contains(&name),
             "check-config should name the file {name} and the key {key}; it said:\n{err}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_opens_the_geoip_database() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (control, relay) = write_configs(dir.path())?;
+    let missing = dir.path().join("no-such.mmdb");
+    for file in [control, relay] {
+        let text = std::fs::read_to_string(&file)?;
+        ensure!(
+            text.contains(&geoip_db()),
+            "test setup: no [dns] in {}",
+            file.display()
+        );
+        std::fs::write(
+            &file,
+            text.replace(&geoip_db(), &missing.display().to_string()),
+        )?;
+        let (code, err) = check_config(&file).await?;
+        ensure!(
+            code == Some(64) && err.contains("no-such.mmdb"),
+            "check-config on a missing GeoIP file in {}: exit {code:?}\n{err}",
+            file.display()
         );
     }
     Ok(())
@@ -391,11 +419,7 @@ async fn check_geo_dns(banner: &[String], dir: &Path) -> Result<()> {
             .find(|l| l.contains("dig @") && l.contains(&format!("+subnet={subnet} ")))
             .with_context(|| format!("the banner has no dig line for {subnet}"))?;
         let out = paste(line.trim(), dir).await?;
-        let answers: Vec<&str> = out
-            .lines()
-            .filter(|l| l.starts_with("demo.sat.test.") && l.contains("\tA\t"))
-            .filter_map(|l| l.split_whitespace().last())
-            .collect();
+        let answers = a_records(&out);
         ensure!(
             answers == [want],
             "{subnet}: answers {answers:?}, want {want}\n{out}"
@@ -406,7 +430,27 @@ async fn check_geo_dns(banner: &[String], dir: &Path) -> Result<()> {
             "{subnet}: ECS line {ecs:?}, want scope {scope}"
         );
     }
+    // The control plane answers from its own relay map, as the relays do from theirs.
+    let line = banner
+        .iter()
+        .find(|l| l.contains("dig @127.0.0.1 "))
+        .context("the banner has no dig line for the control plane's DNS")?;
+    let out = paste(line.trim(), dir).await?;
+    let (subnet, want, _) = DNS_STORY[0];
+    ensure!(
+        line.contains(subnet) && a_records(&out) == [want],
+        "the control plane's DNS: {line}\n{out}"
+    );
     Ok(())
+}
+
+/// The addresses of dig's answer section for `demo.sat.test`.
+fn a_records(dig_output: &str) -> Vec<&str> {
+    dig_output
+        .lines()
+        .filter(|l| l.starts_with("demo.sat.test.") && l.contains("\tA\t"))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect()
 }
 
 /// Starts `sat up ARGS --data-dir DATA` in its own process group, so that the test can send

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sat_geo::rank::{self, Client, PeerRtts, Relay, State};
-use sat_geo::Location;
+use sat_geo::rank::{self, Client, PeerRtts, Relay};
 use sat_proto::control::{RelayInfo, RelayState};
+use sat_transport::routing::geo_relay;
 use sat_transport::{latency, tls};
 use tokio_rustls::TlsConnector;
 
@@ -188,26 +188,6 @@ fn rank_probed(infos: Vec<RelayInfo>, results: Vec<Result<Duration, String>>) ->
         });
     }
     out
-}
-
-/// A relay of the map as the ranking takes it.
-fn geo_relay(info: &RelayInfo) -> Relay {
-    Relay {
-        name: info.name.clone(),
-        region: info.region.clone(),
-        state: match info.state {
-            RelayState::Up => State::Up,
-            RelayState::Draining => State::Draining,
-            RelayState::Down => State::Down,
-        },
-        location: info.location.map(|l| Location {
-            lat: l.lat,
-            lon: l.lon,
-        }),
-        // 0 is the map's "not measured yet".
-        primary_rtt: (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us)),
-        load: info.load,
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sat_geo::dns::DnsSection;
 use sat_proto::control::Access;
 use sat_proto::stream::{validate_service_name, StreamKind};
 use serde::Deserialize;
@@ -23,6 +24,8 @@ pub struct ControlConfig {
     pub backend: BackendSection,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Geo DNS from the control plane's own relay map, as relays serve it from theirs.
+    pub dns: Option<DnsSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +172,9 @@ impl ControlConfig {
             resolve(&mut ca.cert);
             resolve(&mut ca.key);
         }
+        if let Some(dns) = &mut config.dns {
+            dns.resolve_paths(&base);
+        }
         Ok(config)
     }
 
@@ -184,6 +190,9 @@ impl ControlConfig {
                 "control.relay_cert_lifetime: {:?} is too short; relays need at least 10s to renew",
                 c.relay_cert_lifetime
             ));
+        }
+        if let Some(dns) = &self.dns {
+            dns.validate()?;
         }
         let mut names = HashMap::new();
         let mut hosts: HashMap<String, String> = HashMap::new();
@@ -322,5 +331,40 @@ mod tests {
         assert!(e.contains("service[0].hostnames"), "{e}");
         let e = parse(&GOOD.replace("\"2s\"", "\"two seconds\"")).unwrap_err();
         assert!(e.contains("connect_timeout"), "{e}");
+    }
+
+    const DNS: &str = r#"
+        [dns]
+        listen = "127.0.0.1:8053"
+        geoip = "GeoIP2-City-Test.mmdb"
+        [dns.authority]
+        zone = "sat.example.com"
+        hosts = { app = "web" }
+    "#;
+
+    #[test]
+    fn dns_geoip_path_resolves_against_the_config_folder() {
+        let c = parse(&format!("{GOOD}{DNS}")).unwrap();
+        let dns = c.dns.unwrap();
+        assert_eq!(dns.geoip, PathBuf::from("/etc/sat/GeoIP2-City-Test.mmdb"));
+        assert_eq!(dns.listen.port(), 8053);
+        assert!(parse(GOOD).unwrap().dns.is_none());
+    }
+
+    #[test]
+    fn dns_errors_name_the_file_and_the_key() {
+        let e = parse(&format!("{GOOD}{}", DNS.replace("geoip =", "geo_ip ="))).unwrap_err();
+        assert!(
+            e.contains("/etc/sat/control.toml") && e.contains("geo_ip"),
+            "{e}"
+        );
+        let e = parse(&format!("{GOOD}{}", DNS.replace("zone =", "zone_name ="))).unwrap_err();
+        assert!(e.contains("zone_name"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}{}",
+            DNS.replace("sat.example.com", "*.example.com")
+        ))
+        .unwrap_err();
+        assert!(e.contains("dns.authority.zone: "), "{e}");
     }
 }

@@ -27,6 +27,10 @@ pub enum ControlError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// Geo DNS could not start: its port is taken (the message names the address and the
+    /// fix), or its GeoIP database cannot be read (the message names the file).
+    #[error(transparent)]
+    Geo(#[from] sat_geo::GeoError),
     /// The UDP socket could not be turned into a QUIC endpoint.
     #[error("QUIC endpoint: {0}")]
     Endpoint(std::io::Error),

@@ -1,7 +1,8 @@
 //! The Satellite control plane: the end of every relay's uplinks. It authenticates relays by
 //! their client certificates, pushes them the service map, accepts each data stream, dials the
 //! one backend configured for the stream's service and splices the bytes. HTTP streams go
-//! through a pool of keep-alive connections per backend.
+//! through a pool of keep-alive connections per backend. With `[dns]` it also serves geo DNS
+//! from the relay map it publishes, as relays do from the map pushed to them.
 //!
 //! - [`admin`]: the admin API's types and client (`sat admin`).
 //! - [`config`]: `control.toml`, validated before anything binds.

@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::RootCertStore;
+use sat_geo::dns::{self, DnsConfig, DnsSection, DnsSockets};
+use sat_geo::geoip::GeoIp;
 use sat_proto::close;
 use sat_proto::stream::{RejectCode, Response, StreamHeader, StreamKind};
 use sat_transport::header::{self, HeaderError};
 use sat_transport::pin::CertSlot;
+use sat_transport::routing::dns_table;
 use sat_transport::tls::{self, ClientAuth, Identity, QuicLimits};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::{BackendSection, ControlSection};
 use crate::pki::{Ca, Usage};
@@ -69,6 +72,8 @@ pub struct Sockets {
     pub uplink: std::net::UdpSocket,
     /// HTTP: the admin API, `/healthz` and `/readyz`.
     pub admin: std::net::TcpListener,
+    /// Geo DNS, UDP and TCP on one port, if the config has `[dns]`.
+    pub dns: Option<DnsSockets>,
 }
 
 impl Sockets {
@@ -83,6 +88,7 @@ impl Sockets {
         admin
             .set_nonblocking(true)
             .map_err(bind_err("admin API (tcp)", config.admin.listen))?;
+        let dns = config.dns.as_ref().map(DnsSection::bind).transpose()?;
         if let Ok(addr) = uplink.local_addr() {
             info!("listening on quic {addr}");
         }
@@ -92,7 +98,7 @@ impl Sockets {
                 warn!("the admin API is plain HTTP on a non-loopback address; put it behind TLS");
             }
         }
-        Ok(Self { uplink, admin })
+        Ok(Self { uplink, admin, dns })
     }
 }
 
@@ -104,6 +110,11 @@ pub async fn run(
     sockets: Sockets,
     shutdown: CancellationToken,
 ) -> Result<(), ControlError> {
+    // Before anything is written: a GeoIP path that is wrong is the operator's to fix.
+    let geoip = match &config.dns {
+        Some(dns) => Some(Arc::new(GeoIp::open(&dns.geoip)?)),
+        None => None,
+    };
     let dir = &config.control.data_dir;
     // Owner-only: it holds the CA key, the admin token and the store.
     std::fs::DirBuilder::new()
@@ -194,6 +205,15 @@ pub async fn run(
         shared.clone(),
         stop_background.clone(),
     ));
+    if let (Some(dns), Some(sockets), Some(geoip)) = (&config.dns, sockets.dns, geoip) {
+        background.spawn(serve_dns(
+            dns.authority.clone(),
+            sockets,
+            geoip,
+            shared.snapshot.clone(),
+            stop_background.clone(),
+        ));
+    }
 
     let uplinks = TaskTracker::new();
     loop {
@@ -236,6 +256,22 @@ pub async fn run(
     shared.store.close().await;
     info!("control plane stopped");
     Ok(())
+}
+
+/// Geo DNS from this control plane's own snapshots, the relay map it pushes: a relay it marks
+/// down or draining leaves the answers with the snapshot that says so, as it leaves the relays'
+/// answers with the push.
+async fn serve_dns(
+    config: DnsConfig,
+    sockets: DnsSockets,
+    geoip: Arc<GeoIp>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    stop: CancellationToken,
+) {
+    let to_table = |s: &Arc<Snapshot>| Some(dns_table(&s.push.relays, &s.push.routing));
+    if let Err(e) = dns::serve_from(config, sockets, geoip, snapshots, to_table, stop).await {
+        error!("{e}");
+    }
 }
 
 /// On the very first start, `[[service]]` entries of the config become the store's services.

@@ -26,7 +26,9 @@
 //! test database (embedded in the binary, written to the data directory at each start). It
 //! estimates each relay's distance from its location and adds the relay's measured round trip
 //! to the primary: a London subnet gets eu-west, Milton (WA) us-east, Singapore ap-south, and
-//! Changchun us-east too: ap-south is nearer, but its way to the primary is long.
+//! Changchun us-east too: ap-south is nearer, but its way to the primary is long. The control
+//! plane serves the same zone on 127.0.0.1:8053, from its own relay map, and gives the same
+//! answers.
 //!
 //! # Layout
 //!
@@ -67,8 +69,12 @@ const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 7000;
 const DNS_PORT: u16 = 8053;
+/// The control plane's geo DNS: port 8053 like the relays', on the control plane's address,
+/// which no relay uses (theirs start at 127.0.0.2).
+const CONTROL_DNS_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), DNS_PORT));
 const DEMO_HOST: &str = "demo.localhost";
-/// The zone the relays' geo DNS answers for.
+/// The zone the relays' and the control plane's geo DNS answer for.
 const DNS_ZONE: &str = "sat.test";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ctrl-C drains; `sat up` is interactive, so the grace is short.
@@ -322,7 +328,7 @@ fn banner(opts: &UpOptions, plans: &[RelayPlan], took: Duration) -> String {
     let first = plans.first().map_or(Ipv4Addr::new(127, 0, 0, 2), |p| p.ip);
     let last = plans.last().map_or(first, |p| p.ip);
     let mut s = format!(
-        "\nSatellite is ready (in {:.1} s): a control plane on {CONTROL_ADDR} (udp) and {} relays.\n\n",
+        "\nSatellite is ready (in {:.1} s): a control plane on {CONTROL_ADDR} (udp; geo DNS on {CONTROL_DNS_ADDR}) and {} relays.\n\n",
         took.as_secs_f64(),
         plans.len()
     );
@@ -366,13 +372,24 @@ Which relay, by the whole path (you -> relay -> primary), measured from here and
   {sat} relays --relay {first}:{HTTPS_PORT} --ca {dir}/ca.pem
 "
     );
-    let digs = DIG_SUBNETS.map(|(subnet, place)| {
-        let dig = format!("dig @{first} -p {DNS_PORT} demo.{DNS_ZONE} +subnet={subnet}");
-        (dig, place)
-    });
+    let dig = |server: SocketAddr, subnet: &str| {
+        let (ip, port) = (server.ip(), server.port());
+        format!("dig @{ip} -p {port} demo.{DNS_ZONE} +subnet={subnet}")
+    };
+    let mut digs = DIG_SUBNETS
+        .map(|(subnet, place)| {
+            let server = SocketAddr::from((first, DNS_PORT));
+            (dig(server, subnet), format!("a resolver in {place}"))
+        })
+        .to_vec();
+    let (london, _) = DIG_SUBNETS[0];
+    digs.push((
+        dig(CONTROL_DNS_ADDR, london),
+        "the same, asking the control plane".to_owned(),
+    ));
     let width = digs.iter().map(|(dig, _)| dig.len()).max().unwrap_or(0);
-    for (dig, place) in digs {
-        s += &format!("  {dig:<width$}  # a resolver in {place}\n");
+    for (dig, comment) in digs {
+        s += &format!("  {dig:<width$}  # {comment}\n");
     }
     s += "\nCtrl-C drains and stops everything.\n";
     s
@@ -408,6 +425,26 @@ backend = "{echo}"
 name = "ssh"
 kind = "tcp"
 backend = "127.0.0.1:22"
+
+{dns}"#,
+        dns = dns_section(CONTROL_DNS_ADDR),
+    )
+}
+
+/// The `[dns]` section of the control plane's and the relays' configs: one zone, the same
+/// answers from each.
+fn dns_section(listen: SocketAddr) -> String {
+    format!(
+        r#"# Geo DNS, placing resolvers with MaxMind's test database: fake networks in real cities,
+# (c) MaxMind, Inc., Apache-2.0 or MIT; `sat up` writes it here from the sat binary.
+[dns]
+listen = "{listen}"
+geoip = "{GEOIP_FILE}"
+
+[dns.authority]
+zone = "{DNS_ZONE}"
+hosts = {{ demo = "demo", echo = "echo" }}
+relays_per_answer = 1
 "#
     )
 }
@@ -451,17 +488,8 @@ listen = "{ip}:{HTTP_PORT}"
 service = "echo"
 listen = "{ip}:{ECHO_PORT}"
 
-# Geo DNS, placing resolvers with MaxMind's test database: fake networks in real cities,
-# (c) MaxMind, Inc., Apache-2.0 or MIT; `sat up` writes it here from the sat binary.
-[dns]
-listen = "{ip}:{DNS_PORT}"
-geoip = "{GEOIP_FILE}"
-
-[dns.authority]
-zone = "{DNS_ZONE}"
-hosts = {{ demo = "demo", echo = "echo" }}
-relays_per_answer = 1
-"#,
+{dns}"#,
+        dns = dns_section(SocketAddr::from((ip, DNS_PORT))),
         name = p.name,
         region = r.name,
         city = r.city,

@@ -36,7 +36,7 @@ pub enum GeoError {
     /// `key` is the setting's path inside the DNS section, such as `hosts."app"`.
     #[error("geo DNS setting `{key}`: {problem}")]
     DnsConfig { key: String, problem: String },
-    #[error("cannot bind geo DNS {proto} on {addr}: {source}; is another DNS server on that port? (ports below 1024 need root or CAP_NET_BIND_SERVICE)")]
+    #[error("cannot bind geo DNS {proto} on {addr}: {source}; stop whatever else serves that port, or set another `dns.listen` (ports below 1024 need root or CAP_NET_BIND_SERVICE)")]
     DnsBind {
         proto: &'static str,
         addr: std::net::SocketAddr,

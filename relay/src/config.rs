@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sat_geo::dns::DnsSection;
 use sat_proto::control::Location;
 use sat_proto::stream::validate_service_name;
 use serde::Deserialize;
@@ -22,18 +23,6 @@ pub struct RelayConfig {
     pub tcp: Vec<TcpPort>,
     /// Geo DNS: this relay answers for the zone with the best relays for each client.
     pub dns: Option<DnsSection>,
-}
-
-/// `[dns]`: where the relay serves geo DNS, the GeoIP database it places clients with, and
-/// `[dns.authority]`, the zone it is authoritative for.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DnsSection {
-    /// UDP and TCP, same port (53 in production).
-    pub listen: SocketAddr,
-    /// A GeoIP2 or GeoLite2 City database (.mmdb).
-    pub geoip: PathBuf,
-    pub authority: sat_geo::dns::DnsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,9 +160,7 @@ impl RelayConfig {
             config.relay.data_dir = base.join(&config.relay.data_dir);
         }
         if let Some(dns) = &mut config.dns {
-            if dns.geoip.is_relative() {
-                dns.geoip = base.join(&dns.geoip);
-            }
+            dns.resolve_paths(&base);
         }
         if let Some(https) = &mut config.https {
             for p in [&mut https.cert, &mut https.key] {
@@ -224,12 +211,7 @@ impl RelayConfig {
             ));
         }
         if let Some(dns) = &self.dns {
-            dns.authority.validate().map_err(|e| match e {
-                sat_geo::GeoError::DnsConfig { key, problem } => {
-                    format!("dns.authority.{key}: {problem}")
-                }
-                other => format!("dns.authority: {other}"),
-            })?;
+            dns.validate()?;
         }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tcp.iter().enumerate() {

@@ -30,15 +30,14 @@ mod routes;
 mod tcp;
 mod uplink;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
-use sat_geo::dns::{DnsRelay, DnsTable, Network};
-use sat_geo::rank::{PeerRtts, Relay as GeoRelay, State};
-use sat_proto::control::{RelayInfo, RelayState, RoutingTable};
+use sat_geo::dns::{self, DnsConfig, DnsSockets};
+use sat_geo::geoip::GeoIp;
 use sat_transport::pin::CertSlot;
+use sat_transport::routing;
 use sat_transport::tls::{self, Identity, QuicLimits};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -51,6 +50,7 @@ pub use error::RelayError;
 pub use listen::Sockets;
 
 use relay::Relay;
+use routes::Routes;
 use uplink::Lifecycle;
 
 /// Runs a relay until `shutdown` is cancelled, then drains: listeners close, the control plane
@@ -163,14 +163,12 @@ pub async fn run(
     }
     background.spawn(measure::probe_peers(relay.clone(), stop_background.clone()));
     if let (Some(dns_sockets), Some(dns)) = (sockets.dns, &config.dns) {
-        let geoip = sat_geo::geoip::GeoIp::open(&dns.geoip).map_err(RelayError::Geo)?;
-        let (table_tx, table) = watch::channel(Arc::new(DnsTable::default()));
-        background.spawn(feed_dns(relay.clone(), table_tx, stop_background.clone()));
+        let geoip = GeoIp::open(&dns.geoip)?;
         background.spawn(serve_dns(
             dns.authority.clone(),
             dns_sockets,
-            table,
             Arc::new(geoip),
+            relay.routes.subscribe(),
             stop_background.clone(),
         ));
     }
@@ -218,74 +216,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps the DNS table in step with the relay map of each config push, so that a relay the
-/// control plane marks down or draining stops being handed out with the next push.
-async fn feed_dns(relay: Arc<Relay>, table: watch::Sender<Arc<DnsTable>>, stop: CancellationToken) {
-    let mut routes = relay.routes.subscribe();
-    loop {
-        let current = routes.borrow_and_update().clone();
-        if let Some(r) = current {
-            table.send_replace(Arc::new(dns_table(r.relays(), &r.routing)));
-        }
-        tokio::select! {
-            changed = routes.changed() => if changed.is_err() { return },
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
-/// The DNS table for a pushed relay map: every relay, down and draining ones too (the ranking
-/// leaves those out), with the IP literals among its addresses, and the routing table's round
-/// trips between relays and from clients' networks.
-fn dns_table(relays: &[RelayInfo], routing: &RoutingTable) -> DnsTable {
-    let relays = relays.iter().map(|info| {
-        let relay = GeoRelay {
-            name: info.name.clone(),
-            region: info.region.clone(),
-            state: match info.state {
-                RelayState::Up => State::Up,
-                RelayState::Draining => State::Draining,
-                RelayState::Down => State::Down,
-            },
-            location: info.location.map(|l| sat_geo::Location {
-                lat: l.lat,
-                lon: l.lon,
-            }),
-            // 0 is the map's "not measured yet".
-            primary_rtt: (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us)),
-            load: info.load,
-        };
-        DnsRelay::new(relay, &info.addresses)
-    });
-    let peers: PeerRtts = routing
-        .peers
-        .iter()
-        .map(|l| (&l.a, &l.b, Duration::from_micros(l.rtt_us)))
-        .collect();
-    let mut networks = BTreeMap::new();
-    for n in &routing.networks {
-        // The control plane sends only well-formed networks; one that is not is skipped.
-        let Ok(network) = n.network.parse::<Network>() else {
-            continue;
-        };
-        let rtts = n
-            .rtts
-            .iter()
-            .map(|r| (r.relay.clone(), Duration::from_micros(r.rtt_us)))
-            .collect();
-        networks.insert(network, rtts);
-    }
-    DnsTable::new(relays.collect(), peers, networks)
-}
-
+/// Geo DNS from the relay map of each config push, so that a relay the control plane marks
+/// down or draining stops being handed out with the next push.
 async fn serve_dns(
-    config: sat_geo::dns::DnsConfig,
-    sockets: sat_geo::dns::DnsSockets,
-    table: watch::Receiver<Arc<DnsTable>>,
-    geoip: Arc<sat_geo::geoip::GeoIp>,
+    config: DnsConfig,
+    sockets: DnsSockets,
+    geoip: Arc<GeoIp>,
+    routes: watch::Receiver<Option<Arc<Routes>>>,
     stop: CancellationToken,
 ) {
-    if let Err(e) = sat_geo::dns::serve(config, sockets, table, geoip, stop).await {
+    let to_table = |r: &Option<Arc<Routes>>| {
+        r.as_ref()
+            .map(|r| routing::dns_table(r.relays(), &r.routing))
+    };
+    if let Err(e) = dns::serve_from(config, sockets, geoip, routes, to_table, stop).await {
         error!("{e}");
     }
 }

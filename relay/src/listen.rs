@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use sat_geo::dns::DnsSockets;
+use sat_geo::dns::{DnsSection, DnsSockets};
 
 use crate::config::{HttpSection, RelayConfig};
 use crate::http::{self, Origin};
@@ -59,15 +59,7 @@ impl Sockets {
             .health_listen
             .map(|a| bind_tcp("health", a))
             .transpose()?;
-        let dns = config
-            .dns
-            .as_ref()
-            .map(|d| DnsSockets::bind(d.listen).map_err(RelayError::Geo))
-            .transpose()?;
-        if let Some(addr) = dns.as_ref().and_then(|d| d.local_addr().ok()) {
-            info!("listening on dns-udp {addr}");
-            info!("listening on dns-tcp {addr}");
-        }
+        let dns = config.dns.as_ref().map(DnsSection::bind).transpose()?;
         for (name, l) in [("https", &https), ("http", &http), ("health", &health)] {
             if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
                 info!("listening on {name} {addr}");

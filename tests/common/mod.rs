@@ -582,6 +582,23 @@ impl Service {
     }
 }
 
+/// MaxMind's GeoIP2 City test database (see tests/data/README.md for its entries).
+pub fn geoip_db() -> String {
+    format!(
+        "{}/tests/data/GeoIP2-City-Test.mmdb",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The body of a `[dns]` section ([`ControlOpts::dns`], [`RelayOpts::dns`]): zone `sat.test`,
+/// `app.sat.test` for service `service`, one relay per answer, the test GeoIP database.
+pub fn dns_section(service: &str) -> String {
+    format!(
+        "geoip = \"{}\"\n\n[dns.authority]\nzone = \"sat.test\"\nhosts = {{ app = \"{service}\" }}\nrelays_per_answer = 1\n",
+        geoip_db()
+    )
+}
+
 /// What goes into control.toml besides the fixed `[control]` and `[admin]` tables.
 #[derive(Debug, Clone, Default)]
 pub struct ControlOpts {
@@ -592,6 +609,8 @@ pub struct ControlOpts {
     pub connect_timeout: Option<&'static str>,
     /// `[control] relay_cert_lifetime`; the product default (24h) when `None`.
     pub relay_cert_lifetime: Option<&'static str>,
+    /// The body of a `[dns]` section (its `listen` is added: 127.0.0.1:0).
+    pub dns: Option<String>,
 }
 
 /// control.toml with its uplink listener on `listen` and the admin API on `admin`.
@@ -628,6 +647,9 @@ pub fn control_toml(opts: &ControlOpts, listen: &str, admin: &str) -> String {
         if svc.token {
             s.push_str("access = \"token\"\n");
         }
+    }
+    if let Some(dns) = &opts.dns {
+        s.push_str(&format!("\n[dns]\nlisten = \"127.0.0.1:0\"\n{dns}\n"));
     }
     s
 }
@@ -756,6 +778,8 @@ pub struct Net {
     pub control_addr: SocketAddr,
     /// The admin API, `http://<admin_addr>`.
     pub admin_addr: SocketAddr,
+    /// The control plane's geo DNS, if [`ControlOpts::dns`] asked for it.
+    pub control_dns: Option<SocketAddr>,
     pub admin_token: String,
     opts: ControlOpts,
     pki: Pki,
@@ -812,6 +836,7 @@ impl Net {
         let pki = Pki::new(dir.path())?;
         let (control, control_addr, admin_addr) =
             start_control(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0").await?;
+        let control_dns = dns_listener(&control, &opts).await?;
         let token_file = dir.path().join("control-data/admin.token");
         let admin_token = std::fs::read_to_string(&token_file)
             .with_context(|| format!("reading {}", token_file.display()))?
@@ -821,6 +846,7 @@ impl Net {
             control,
             control_addr,
             admin_addr,
+            control_dns,
             admin_token,
             pki,
             hostnames: opts
@@ -845,6 +871,7 @@ impl Net {
             &self.admin_addr.to_string(),
         )
         .await?;
+        self.control_dns = dns_listener(&control, &self.opts).await?;
         self.control = control;
         Ok(())
     }
@@ -971,6 +998,16 @@ async fn start_control(
     let admin_addr = control.log.wait_listening("admin", None, STARTUP).await?;
     control.log.wait_for("control plane up", STARTUP).await?;
     Ok((control, control_addr, admin_addr))
+}
+
+/// Where a control plane started with `opts` serves geo DNS, if it does.
+async fn dns_listener(control: &Proc, opts: &ControlOpts) -> Result<Option<SocketAddr>> {
+    match opts.dns.is_some() {
+        true => Ok(Some(
+            control.log.wait_listening("dns-udp", None, SHORT).await?,
+        )),
+        false => Ok(None),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 //! - [`http`]: what both ends of an HTTP stream share: the body type, plain-text answers.
 //! - [`files`]: keys and certificates written whole, with their mode from the start.
 //! - [`header`]: reading a stream header or answer off a QUIC stream, bounded and timed.
+//! - [`routing`]: the pushed relay map in geo routing's types, for ranking and geo DNS.
 
 mod error;
 pub mod files;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod io;
 pub mod latency;
 pub mod pin;
+pub mod routing;
 pub mod splice;
 pub mod tls;
 

@@ -14,6 +14,8 @@
 //! such measurements decided holds for that one network only, so its ECS scope is at least 24
 //! (or 48), even where the GeoIP network is wider.
 //!
+//! Relays and the control plane configure it with the same `[dns]` section ([`DnsSection`]).
+//!
 //! It is not a general DNS server: no zone files, no transfers, no DNSSEC, no recursion. Its
 //! zone holds the SOA and NS records at the apex, and the configured host names.
 //!
@@ -41,6 +43,7 @@ mod config;
 mod fast;
 mod memo;
 mod network;
+mod section;
 mod sockets;
 mod table;
 mod udp;
@@ -57,6 +60,7 @@ use tracing::debug;
 
 pub use config::{DnsConfig, SoaConfig};
 pub use network::Network;
+pub use section::DnsSection;
 pub use sockets::DnsSockets;
 pub use table::{DnsRelay, DnsTable};
 
@@ -146,10 +150,11 @@ impl RequestHandler for GeoDns {
 
 /// Serves the geo DNS zone on `sockets` until `shutdown` is cancelled.
 ///
-/// The caller binds the sockets ([`DnsSockets::bind`], usually port 53) and logs
-/// `listening on dns-udp ADDR` and `listening on dns-tcp ADDR`; this function logs nothing of its own at `info`. `table` is the relay snapshot: send a new
-/// [`DnsTable`] into its `watch::Sender` whenever the relay map changes, and the next query
-/// uses it. The config is checked before anything starts.
+/// The caller binds the sockets ([`DnsSection::bind`], usually port 53, which logs
+/// `listening on dns-udp ADDR` and `listening on dns-tcp ADDR`); this function logs nothing of
+/// its own at `info`. `table` is the relay snapshot: send a new [`DnsTable`] into its
+/// `watch::Sender` whenever the relay map changes, and the next query uses it (or let
+/// [`serve_from`] do that). The config is checked before anything starts.
 ///
 /// hickory-server logs every query at `info` under the `hickory_server` target; a binary that
 /// does not want a line per query sets that target to `warn`.
@@ -209,4 +214,38 @@ pub async fn serve(
         .map_err(|error| GeoError::DnsStopped {
             reason: error.to_string(),
         })
+}
+
+/// [`serve`], with the table kept in step with `source`, a relay map that changes: each new
+/// value becomes the next table through `to_table` (`None` keeps the table as it is), so that
+/// a relay the map marks down or draining stops being handed out with the next change. If the
+/// map's sender goes away, the last table keeps being served until `shutdown`.
+pub async fn serve_from<T>(
+    config: DnsConfig,
+    sockets: DnsSockets,
+    geoip: Arc<GeoIp>,
+    mut source: watch::Receiver<T>,
+    to_table: impl Fn(&T) -> Option<DnsTable>,
+    shutdown: CancellationToken,
+) -> Result<(), GeoError> {
+    let (tx, table) = watch::channel(Arc::new(DnsTable::default()));
+    let follow = async move {
+        loop {
+            // Converted before the next await: the borrow locks the map against its writer.
+            let next = to_table(&source.borrow_and_update());
+            if let Some(next) = next {
+                tx.send_replace(Arc::new(next));
+            }
+            if source.changed().await.is_err() {
+                return tx;
+            }
+        }
+    };
+    let serving = serve(config, sockets, table, geoip, shutdown);
+    tokio::pin!(serving);
+    tokio::select! {
+        ended = &mut serving => ended,
+        // Held, so that the server's receiver still has a table to read.
+        _tx = follow => serving.await,
+    }
 }
