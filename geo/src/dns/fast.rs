@@ -21,6 +21,7 @@ const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
+const OPTION_DAU: u16 = 5;
 const OPTION_ECS: u16 = 8;
 /// Without EDNS, a UDP answer may not exceed this (RFC 1035, section 4.2.1).
 const CLASSIC_UDP_LIMIT: usize = 512;
@@ -212,8 +213,8 @@ impl<'a> Query<'a> {
 }
 
 impl<'a> Edns<'a> {
-    /// An OPT record at `at`: root owner, version 0, and no option but one ECS. Returns it
-    /// and where it ends.
+    /// An OPT record at `at`: root owner, version 0, at most one ECS option, and other options
+    /// only of the kinds the general path ignores too. Returns it and where it ends.
     fn read(datagram: &'a [u8], at: usize) -> Option<(Self, usize)> {
         let fixed = datagram.get(at..at + 11)?;
         // Owner the root; EXTENDED-RCODE and VERSION 0 (the flags, such as DO, are not echoed).
@@ -223,27 +224,33 @@ impl<'a> Edns<'a> {
         let udp_size = u16_at(fixed, 3)?;
         let rdlen = usize::from(u16_at(fixed, 9)?);
         let end = at + 11 + rdlen;
-        let options = datagram.get(at + 11..end)?;
-        let ecs = match options.len() {
-            0 => None,
-            _ => Some(Ecs::read(options)?),
-        };
+        let mut options = datagram.get(at + 11..end)?;
+        let mut ecs = None;
+        while !options.is_empty() {
+            let code = u16_at(options, 0)?;
+            let len = usize::from(u16_at(options, 2)?);
+            let data = options.get(4..4 + len)?;
+            match code {
+                OPTION_ECS if ecs.is_none() => ecs = Some(Ecs::read(data)?),
+                // A second ECS is FORMERR; DAU is parsed, and may be refused, by hickory-proto.
+                OPTION_ECS | OPTION_DAU => return None,
+                // A COOKIE (BIND sends one with every query), NSID, padding: not answered, as
+                // the general path does not answer them.
+                _ => {}
+            }
+            options = &options[4 + len..];
+        }
         Some((Self { udp_size, ecs }, end))
     }
 }
 
 impl<'a> Ecs<'a> {
-    /// `options`, if it is exactly one well-formed ECS option with a scope of 0 (RFC 7871,
-    /// 6): the address as long as the prefix needs, and no bit set past the prefix.
-    fn read(options: &'a [u8]) -> Option<Self> {
-        if u16_at(options, 0)? != OPTION_ECS
-            || usize::from(u16_at(options, 2)?) + 4 != options.len()
-        {
-            return None;
-        }
-        let family = u16_at(options, 4)?;
-        let (source_prefix, scope) = (*options.get(6)?, *options.get(7)?);
-        let address = options.get(8..)?;
+    /// An ECS option's data, if it is well formed with a scope of 0 (RFC 7871, 6): the
+    /// address as long as the prefix needs, and no bit set past the prefix.
+    fn read(data: &'a [u8]) -> Option<Self> {
+        let family = u16_at(data, 0)?;
+        let (source_prefix, scope) = (*data.get(2)?, *data.get(3)?);
+        let address = data.get(4..)?;
         let bits = match family {
             1 => 32,
             2 => 128,

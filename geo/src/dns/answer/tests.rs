@@ -754,6 +754,41 @@ fn the_fast_path_answers_as_the_general_path_does() {
     );
 }
 
+fn with_option(mut message: Message, code: u16, data: &[u8]) -> Message {
+    edns_mut(&mut message)
+        .options_mut()
+        .insert(EdnsOption::Unknown(code, data.to_vec()));
+    message
+}
+
+/// Resolvers send other EDNS options too (BIND a COOKIE with every query). The fast path
+/// answers past those the general path ignores, and leaves it the ones it judges.
+#[test]
+fn other_edns_options_on_the_fast_path() {
+    let f = Fixture::standard();
+    let src: SocketAddr = RESOLVER.parse().unwrap();
+    let cookie = [0x5a; 8];
+    let ecs = with_ecs(
+        query("app.sat.example.com.", RecordType::A),
+        "81.2.69.142/32",
+    );
+    let plain = with_edns(query("app.sat.example.com.", RecordType::AAAA), 1232);
+    for q in [
+        with_option(ecs.clone(), 10, &cookie),
+        with_option(plain, 10, &cookie),
+        with_option(with_option(ecs.clone(), 3, &[]), 12, &[0; 16]),
+    ] {
+        let bytes = q.to_bytes().unwrap();
+        let (mut fast, mut general) = (Vec::new(), Vec::new());
+        assert!(f.dns.answer_fast(&bytes, src, &mut fast), "{q:?}");
+        f.dns.answer_general(&bytes, src, &mut general);
+        assert_eq!(fast, general);
+    }
+    // DAU, which hickory-proto parses: the general path's to judge.
+    let dau = with_option(ecs, 5, &[8, 13]).to_bytes().unwrap();
+    assert!(!f.dns.answer_fast(&dau, src, &mut Vec::new()));
+}
+
 /// Mutated queries (bytes changed, cut or added at random, from a fixed seed): neither path
 /// panics, and whatever the fast path still takes, it answers as the general path does.
 #[test]
@@ -770,6 +805,11 @@ fn mutated_queries_never_split_the_two_paths() {
         with_ecs(
             query("ns1.sat.example.com.", RecordType::AAAA),
             "2001:218::/32",
+        ),
+        with_option(
+            with_ecs(query("app.sat.example.com.", RecordType::A), "81.2.69.0/24"),
+            10,
+            &[0x5a; 8],
         ),
     ]
     .iter()
