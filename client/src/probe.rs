@@ -123,11 +123,7 @@ pub fn dial_address(info: &RelayInfo) -> Option<String> {
     from_url.or_else(|| {
         info.addresses
             .iter()
-            .find(|a| {
-                a.parse::<std::net::SocketAddr>().is_ok()
-                    || a.rsplit_once(':')
-                        .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
-            })
+            .find(|a| sat_transport::routing::names_port(a))
             .cloned()
     })
 }

@@ -317,10 +317,7 @@ fn latency_url(sockets: &Sockets, addresses: &[String]) -> Option<String> {
 /// name, which geo DNS hands out as is) is reached on the port the relay listens on, so the
 /// URL names that port unless it is the scheme's default.
 fn with_port(address: &str, port: u16, default_port: u16) -> String {
-    let has_port = address.parse::<std::net::SocketAddr>().is_ok()
-        || address
-            .rsplit_once(':')
-            .is_some_and(|(host, p)| !host.contains(':') && p.parse::<u16>().is_ok());
+    let has_port = routing::names_port(address);
     let host = match address.parse::<std::net::Ipv6Addr>() {
         Ok(v6) => format!("[{v6}]"),
         Err(_) => address.to_owned(),
