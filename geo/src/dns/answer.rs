@@ -5,6 +5,8 @@
 use std::iter;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ptr;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use hickory_proto::op::message::{emit_message_parts, EmitAndCount};
 use hickory_proto::op::{Edns, Header, LowerQuery, MessageType, OpCode, Query, ResponseCode};
@@ -17,6 +19,7 @@ use hickory_proto::ProtoError;
 use hickory_server::authority::MessageRequest;
 
 use super::config::Node;
+use super::fast::name_end;
 use super::memo::{self, Choice, ClientKey};
 use super::table::DnsTable;
 use super::{GeoDns, Network};
@@ -116,16 +119,7 @@ impl<'a> RawQuestion<'a> {
         if count != 1 {
             return None;
         }
-        let mut at = HEADER;
-        loop {
-            let len = usize::from(*datagram.get(at)?);
-            at += 1;
-            match len {
-                0 => break,
-                1..=63 => at += len,
-                _ => return None,
-            }
-        }
+        let at = name_end(datagram, HEADER)?;
         let end = at + 4; // QTYPE and QCLASS
         Some(Self {
             bytes: datagram.get(HEADER..end)?,
@@ -275,9 +269,7 @@ impl GeoDns {
         }
 
         if protocol == Protocol::Udp {
-            let limit = edns.map_or(CLASSIC_UDP_LIMIT, |edns| {
-                usize::from(edns.max_payload().clamp(512, self.zone.max_udp_payload))
-            });
+            let limit = self.udp_limit(edns.map(Edns::max_payload));
             let question = query.original();
             if reply.size_bound(question) > limit && !reply.fits(question, limit) {
                 // Rather than some of the records, none: TC tells the resolver to ask again
@@ -352,10 +344,7 @@ impl GeoDns {
                 if qtype == not_for {
                     continue;
                 }
-                let key = client_key(ecs, src, v6);
-                let choice = memo::choice(&self.zone, &table, key, || {
-                    self.choose(ecs, src, &table, v6)
-                });
+                let choice = self.chosen(ecs, src, &table, v6);
                 let before = reply.answers.len();
                 self.relay_records(&table, &choice.relays, owner, v6, &mut reply.answers);
                 if reply.answers.len() > before {
@@ -406,10 +395,32 @@ impl GeoDns {
         }
     }
 
+    /// The largest UDP answer for a query that advertised `advertised` bytes in its OPT
+    /// record (`None`: no OPT): at most what the zone allows, and never under 512.
+    pub(super) fn udp_limit(&self, advertised: Option<u16>) -> usize {
+        advertised.map_or(CLASSIC_UDP_LIMIT, |size| {
+            usize::from(size.clamp(512, self.zone.max_udp_payload))
+        })
+    }
+
+    /// [`Self::choose`] for the query's client, remembered until the table changes (see
+    /// `memo.rs`).
+    pub(super) fn chosen(
+        &self,
+        ecs: Option<&ClientSubnet>,
+        src: IpAddr,
+        table: &Arc<DnsTable>,
+        v6: bool,
+    ) -> Rc<Choice> {
+        memo::choice(&self.zone, table, client_key(ecs, src, v6), || {
+            self.choose(ecs, src, table, v6)
+        })
+    }
+
     /// The best relays for the client that have an address of the family (AAAA if `v6`), and
     /// the ECS scope that choice holds for: where GeoIP places the client, and the round trips
     /// its network reported.
-    pub(super) fn choose(
+    fn choose(
         &self,
         ecs: Option<&ClientSubnet>,
         src: IpAddr,

@@ -13,7 +13,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hickory_proto::rr::rdata::opt::ClientSubnet;
 
 use super::answer::well_formed;
-use super::memo::{self, ClientKey};
 use super::GeoDns;
 
 const HEADER: usize = 12;
@@ -23,8 +22,6 @@ const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_DAU: u16 = 5;
 const OPTION_ECS: u16 = 8;
-/// Without EDNS, a UDP answer may not exceed this (RFC 1035, section 4.2.1).
-const CLASSIC_UDP_LIMIT: usize = 512;
 
 /// What the reply needs from a query of the common shape.
 struct Query<'a> {
@@ -71,18 +68,8 @@ impl GeoDns {
 
         let ecs = query.edns.as_ref().and_then(|e| e.ecs.as_ref());
         let subnet = ecs.map(|e| ClientSubnet::new(e.addr, e.source_prefix, 0));
-        let key = ClientKey {
-            addr: match ecs {
-                Some(e) if e.source_prefix > 0 => e.addr,
-                _ => src.ip(),
-            },
-            source_prefix: ecs.map(|e| e.source_prefix),
-            v6: query.v6,
-        };
         let table = self.table.borrow().clone();
-        let choice = memo::choice(&self.zone, &table, key, || {
-            self.choose(subnet.as_ref(), src.ip(), &table, query.v6)
-        });
+        let choice = self.chosen(subnet.as_ref(), src.ip(), &table, query.v6);
 
         out.clear();
         out.extend_from_slice(&datagram[..2]);
@@ -111,14 +98,10 @@ impl GeoDns {
             return false;
         }
         out[6..8].copy_from_slice(&answers.to_be_bytes());
-        let limit = match &query.edns {
-            Some(edns) => {
-                self.put_opt(out, ecs, choice.scope);
-                usize::from(edns.udp_size.clamp(512, self.zone.max_udp_payload))
-            }
-            None => CLASSIC_UDP_LIMIT,
-        };
-        if out.len() > limit {
+        if query.edns.is_some() {
+            self.put_opt(out, ecs, choice.scope);
+        }
+        if out.len() > self.udp_limit(query.edns.as_ref().map(|e| e.udp_size)) {
             // Truncation: the general path decides what still fits.
             out.clear();
             return false;
@@ -142,7 +125,7 @@ impl GeoDns {
     fn put_opt(&self, out: &mut Vec<u8>, ecs: Option<&Ecs<'_>>, scope: u8) {
         out.push(0);
         out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&self.zone.max_udp_payload.max(512).to_be_bytes());
+        out.extend_from_slice(&self.zone.max_udp_payload.to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0]);
         match ecs {
             None => out.extend_from_slice(&[0, 0]),
@@ -175,16 +158,7 @@ impl<'a> Query<'a> {
         if counts != [1, 0, 0] || additional > 1 {
             return None;
         }
-        let mut at = HEADER;
-        loop {
-            let len = usize::from(*datagram.get(at)?);
-            at += 1 + len;
-            match len {
-                0 => break,
-                1..=63 => {}
-                _ => return None,
-            }
-        }
+        let mut at = name_end(datagram, HEADER)?;
         let question = datagram.get(HEADER..at + 4)?;
         let (qtype, qclass) = (u16_at(datagram, at)?, u16_at(datagram, at + 2)?);
         let v6 = match qtype {
@@ -281,6 +255,21 @@ impl<'a> Ecs<'a> {
             address,
             addr,
         })
+    }
+}
+
+/// Where the name written out at `at` ends (just past its root's zero byte), if it is written
+/// out in full: labels of 1 to 63 bytes, no compression pointer (which in a question would
+/// point back into the header).
+pub(super) fn name_end(message: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = usize::from(*message.get(at)?);
+        at += 1 + len;
+        match len {
+            0 => return Some(at),
+            1..=63 => {}
+            _ => return None,
+        }
     }
 }
 
