@@ -192,6 +192,20 @@ async fn unknown_service_is_refused_with_a_message() -> Result<()> {
         said.contains("nosuch") && said.contains("unknown service"),
         "stderr should name the service and say \"unknown service\"; it said:\n{said}"
     );
+
+    // A client already sending when the refusal comes (as ssh sends its banner): the relay
+    // stops our stream as it refuses, and the write that fails must not hide the reason.
+    for round in 0..10 {
+        let mut tunnel = sat_connect("nosuch", relay.https()?, net.ca())?;
+        let mut stdin = tunnel.stdin()?;
+        let _ = stdin.write_all(&[b'x'; 64 * 1024]).await;
+        let status = tunnel.wait_exit(SHORT).await?;
+        let said = tunnel.log.lines().join("\n");
+        ensure!(
+            !status.success() && said.contains("unknown service"),
+            "round {round}: {status}; stderr:\n{said}"
+        );
+    }
     Ok(())
 }
 

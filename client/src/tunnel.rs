@@ -54,7 +54,8 @@ where
         local_w.flush().await?;
         local_w.shutdown().await
     };
-    tokio::try_join!(up, down)
+    splice::join_refusal_first(up, down, |e| rejection(e).is_some())
+        .await
         .map(|_| ())
         .map_err(|e| classify(service, e))
 }

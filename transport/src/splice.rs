@@ -9,7 +9,9 @@
 //! hold no read buffer: the TCP side waits for readability before allocating one, and drops it
 //! once the socket runs dry.
 
+use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
@@ -24,6 +26,9 @@ const CHUNK: usize = 64 * 1024;
 
 /// The QUIC error code we send with RESET_STREAM / STOP_SENDING when the other side aborted.
 pub const ABORTED: VarInt = VarInt::from_u32(1);
+
+/// How long a failed upward direction waits for the downward one to bring the peer's refusal.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// Bytes moved in each direction, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,7 @@ pub async fn tcp(
     start: Start,
 ) -> Result<Moved, SpliceError> {
     let (mut r, mut w) = tcp.into_split();
+    let start_awaits = matches!(start, Start::AwaitAnswer);
     let down = async {
         let first = match start {
             Start::Data(first) => first,
@@ -93,7 +99,11 @@ pub async fn tcp(
         };
         quic_to_io(recv, &mut w, first).await
     };
-    let result = tokio::try_join!(tcp_to_quic(&mut r, send), down);
+    let up = tcp_to_quic(&mut r, send);
+    let result = match start_awaits {
+        true => join_refusal_first(up, down, |e| matches!(e, SpliceError::Rejected(_))).await,
+        false => tokio::try_join!(up, down),
+    };
     match result {
         Ok((into_quic, out_of_quic)) => Ok(Moved {
             into_quic,
@@ -253,6 +263,32 @@ async fn quic_to_io<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
+/// Runs both directions of a stream we opened, like `try_join!(up, down)`, except that an
+/// error from `up` gives `down` a moment to bring the peer's refusal. A peer that refuses
+/// writes its reason and drops its receiving half; the stop can reach our writer before our
+/// reader has looked at the reason, and "stopped by peer" would hide why.
+pub async fn join_refusal_first<A, B, E>(
+    up: impl Future<Output = Result<A, E>>,
+    down: impl Future<Output = Result<B, E>>,
+    is_refusal: impl Fn(&E) -> bool,
+) -> Result<(A, B), E> {
+    tokio::pin!(up, down);
+    tokio::select! {
+        biased;
+        d = &mut down => {
+            let d = d?;
+            Ok((up.await?, d))
+        }
+        u = &mut up => match u {
+            Ok(u) => Ok((u, down.await?)),
+            Err(e) => match tokio::time::timeout(REFUSAL_GRACE, down).await {
+                Ok(Err(refused)) if is_refusal(&refused) => Err(refused),
+                _ => Err(e),
+            },
+        },
+    }
+}
+
 /// Reads the peer's answer off the front of `recv`; returns the bytes that followed it. A
 /// refusal is [`SpliceError::Rejected`].
 pub async fn read_answer(recv: &mut RecvStream) -> Result<Bytes, SpliceError> {
@@ -277,4 +313,60 @@ async fn quic_to_quic(recv: &mut RecvStream, send: &mut SendStream) -> Result<u6
     }
     let _ = send.finish();
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+
+    use super::*;
+
+    fn refused(e: &&str) -> bool {
+        e.starts_with("refused")
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_follows_a_failed_write_wins() {
+        let up = async { Err::<(), _>("stopped by peer") };
+        let down = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err::<(), _>("refused: unknown service")
+        };
+        let got = join_refusal_first(up, down, refused).await;
+        assert_eq!(got, Err("refused: unknown service"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_without_a_refusal_reports_itself_within_the_grace() {
+        let started = std::time::Instant::now();
+        let up = async { Err::<(), _>("stopped by peer") };
+        let got = join_refusal_first(up, pending::<Result<(), &str>>(), refused).await;
+        assert_eq!(got, Err("stopped by peer"));
+        assert!(started.elapsed() < REFUSAL_GRACE * 2);
+
+        let up = async { Err::<(), _>("stopped by peer") };
+        let down = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err::<(), _>("reset")
+        };
+        assert_eq!(
+            join_refusal_first(up, down, refused).await,
+            Err("stopped by peer")
+        );
+    }
+
+    #[tokio::test]
+    async fn both_directions_run_to_the_end() {
+        let up = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, &str>(1)
+        };
+        let down = async { Ok::<_, &str>(2) };
+        assert_eq!(join_refusal_first(up, down, refused).await, Ok((1, 2)));
+        let down = async { Err::<(), _>("reset") };
+        assert_eq!(
+            join_refusal_first(pending::<Result<(), &str>>(), down, refused).await,
+            Err("reset")
+        );
+    }
 }
