@@ -40,7 +40,12 @@ const MIN_SILENCE: Duration = Duration::from_millis(400);
 
 /// An open tunnel, its header already sent; the relay's answer is the first thing to read.
 pub enum Transport {
-    Quic(SendStream, RecvStream),
+    /// A stream on `conn`, which tells whether the relay has been heard from since.
+    Quic {
+        send: SendStream,
+        recv: RecvStream,
+        conn: Connection,
+    },
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -125,15 +130,15 @@ impl Dialer {
         if let Some(conn) = self.live_connection() {
             if let Ok((mut send, recv)) = conn.open_bi().await {
                 send.write_all(&buf).await.map_err(|e| io_err(e.into()))?;
-                return Ok(Transport::Quic(send, recv));
+                return Ok(Transport::Quic { send, recv, conn });
             }
         }
         match self.connect().await? {
             Connected::Quic(conn) => {
                 let (mut send, recv) = conn.open_bi().await.map_err(|e| io_err(e.into()))?;
                 send.write_all(&buf).await.map_err(|e| io_err(e.into()))?;
-                self.keep(conn);
-                Ok(Transport::Quic(send, recv))
+                self.keep(conn.clone());
+                Ok(Transport::Quic { send, recv, conn })
             }
             Connected::Tls(mut stream) => {
                 stream.write_all(&buf).await.map_err(io_err)?;

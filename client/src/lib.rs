@@ -11,6 +11,7 @@
 //!   by the estimated end-to-end path (`sat relays`).
 //! - [`connect`] and [`forward`] (in `tunnel`): the two ways to use a tunnel.
 
+mod answer;
 mod choose;
 mod dial;
 mod error;

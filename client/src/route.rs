@@ -72,6 +72,14 @@ impl Route {
         }
     }
 
+    /// Whether the relay called `name` is known to be gone (see [`Dialer::is_gone`]).
+    pub fn is_gone(&self, name: &str) -> bool {
+        let Ok(hops) = self.hops.read() else {
+            return false;
+        };
+        hops.iter().any(|h| h.name == name && h.dialer.is_gone())
+    }
+
     fn hops(&self) -> Vec<Arc<Hop>> {
         self.hops.read().map(|h| h.clone()).unwrap_or_default()
     }

@@ -3,28 +3,29 @@
 use std::sync::Arc;
 
 use sat_transport::io::{rejection, Prefixed, QuicIo};
-use sat_transport::splice::{self, SpliceError, Start};
+use sat_transport::splice;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::{ClientError, Route, Transport};
+use crate::answer::{open_answered, Answered};
+use crate::{ClientError, Route};
 
 /// Joins stdin/stdout to `service` until both directions end. A refusal from the relay or the
 /// control plane comes back as [`ClientError::Refused`] with their reason.
 pub async fn connect(route: &Route, service: &str) -> Result<(), ClientError> {
-    let stdin = tokio::io::stdin();
+    let mut stdin = tokio::io::stdin();
     let stdout = tokio::io::stdout();
-    let (transport, relay) = route.open(service).await?;
+    let (answered, relay) = open_answered(route, service, &mut stdin).await?;
     debug!(%relay, "tunnel open");
-    match transport {
-        Transport::Quic(send, recv) => {
-            let (r, w) = tokio::io::split(QuicIo::awaiting_answer(send, recv));
+    match answered {
+        Answered::Quic { send, recv, first } => {
+            let (r, w) = tokio::io::split(QuicIo::new(send, recv, first));
             pump(stdin, stdout, r, w, service).await
         }
-        Transport::Tls(stream) => {
+        Answered::Tls(stream) => {
             let (r, w) = tokio::io::split(stream);
             pump(stdin, stdout, Prefixed::awaiting_answer(r), w, service).await
         }
@@ -107,26 +108,22 @@ pub async fn forward(
     Ok(())
 }
 
-async fn forward_one(route: &Route, tcp: TcpStream, service: &str) -> Result<(), ClientError> {
+async fn forward_one(route: &Route, mut tcp: TcpStream, service: &str) -> Result<(), ClientError> {
     let _ = tcp.set_nodelay(true);
-    let (transport, relay) = route.open(service).await?;
+    let (answered, relay) = open_answered(route, service, &mut tcp).await?;
     debug!(%relay, "tunnel open");
-    match transport {
-        Transport::Quic(mut send, mut recv) => {
-            match splice::tcp(tcp, &mut send, &mut recv, Start::AwaitAnswer).await {
-                Ok(_) => Ok(()),
-                Err(SpliceError::Rejected(r)) => Err(ClientError::Refused {
-                    service: service.into(),
-                    code: r.code,
-                    message: r.message,
-                }),
-                Err(e) => {
-                    info!("tunnel ended: {e}");
-                    Ok(())
-                }
+    match answered {
+        Answered::Quic {
+            mut send,
+            mut recv,
+            first,
+        } => {
+            if let Err(e) = splice::tcp(tcp, &mut send, &mut recv, first).await {
+                info!("tunnel ended: {e}");
             }
+            Ok(())
         }
-        Transport::Tls(stream) => {
+        Answered::Tls(stream) => {
             let (tr, tw) = tokio::io::split(stream);
             let (lr, lw) = tcp.into_split();
             pump(lr, lw, Prefixed::awaiting_answer(tr), tw, service).await

@@ -27,7 +27,7 @@ pub(crate) async fn serve(
     if accept(&mut send).await.is_err() {
         return;
     }
-    match splice::tcp(tcp, &mut send, &mut recv, splice::Start::Data(first)).await {
+    match splice::tcp(tcp, &mut send, &mut recv, first).await {
         Ok(moved) => debug!(
             to_backend = moved.out_of_quic,
             from_backend = moved.into_quic,

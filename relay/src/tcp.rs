@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sat_proto::stream::{StreamHeader, StreamKind};
-use sat_transport::splice::{self, Start};
+use sat_transport::splice;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -86,7 +86,7 @@ async fn tunnel(tcp: TcpStream, service: String, relay: Arc<Relay>) {
             return info!("refused: {message}");
         }
     };
-    match splice::tcp(tcp, &mut send, &mut recv, Start::Data(leftover)).await {
+    match splice::tcp(tcp, &mut send, &mut recv, leftover).await {
         Ok(moved) => debug!(
             up = moved.into_quic,
             down = moved.out_of_quic,

@@ -72,48 +72,22 @@ impl From<WriteError> for SpliceError {
     }
 }
 
-/// What comes first on the QUIC side of a TCP splice.
-#[derive(Debug, Clone)]
-pub enum Start {
-    /// Bytes that arrived behind the stream header; they go to the TCP side first.
-    Data(Bytes),
-    /// We opened the stream: the peer's [`Response`] comes first. Consume it; if it is a
-    /// refusal, end with [`SpliceError::Rejected`]. Our side's bytes go out meanwhile.
-    AwaitAnswer,
-}
-
-/// Splices a TCP connection with a QUIC stream. On an abort from the QUIC side the TCP
+/// Splices a TCP connection with a QUIC stream. `first` (what arrived behind the stream's
+/// header or answer) goes to the TCP side first. On an abort from the QUIC side the TCP
 /// connection is reset, not closed.
 pub async fn tcp(
     tcp: TcpStream,
     send: &mut SendStream,
     recv: &mut RecvStream,
-    start: Start,
+    first: Bytes,
 ) -> Result<Moved, SpliceError> {
     let (mut r, mut w) = tcp.into_split();
-    let start_awaits = matches!(start, Start::AwaitAnswer);
-    let down = async {
-        let first = match start {
-            Start::Data(first) => first,
-            Start::AwaitAnswer => read_answer(recv).await?,
-        };
-        quic_to_io(recv, &mut w, first).await
-    };
-    let up = tcp_to_quic(&mut r, send);
-    let result = match start_awaits {
-        true => join_refusal_first(up, down, |e| matches!(e, SpliceError::Rejected(_))).await,
-        false => tokio::try_join!(up, down),
-    };
+    let result = tokio::try_join!(tcp_to_quic(&mut r, send), quic_to_io(recv, &mut w, first));
     match result {
         Ok((into_quic, out_of_quic)) => Ok(Moved {
             into_quic,
             out_of_quic,
         }),
-        Err(SpliceError::Rejected(rejected)) => {
-            // Nothing was relayed; a plain close tells the user as much as TCP can.
-            let _ = send.reset(ABORTED);
-            Err(SpliceError::Rejected(rejected))
-        }
         Err(e) => {
             abort_quic(send, recv);
             if let Ok(tcp) = r.reunite(w) {

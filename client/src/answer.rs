@@ -1,0 +1,216 @@
+//! Opening a tunnel and waiting for the relay's answer, with the local side's bytes going out
+//! meanwhile (no round trip is added before the first byte).
+//!
+//! A relay that dies just before a tunnel is opened is not known to be dead yet: its kept
+//! connection still counts as live for a few hundred milliseconds, and the tunnel goes into it.
+//! Such a tunnel is not lost. Until the answer comes, a copy of what was sent is kept (up to
+//! [`REPLAY_LIMIT`]). If the relay goes silent or the stream fails first, and not one datagram
+//! came from the relay after the tunnel was sent, the relay died before it could pass anything
+//! on: the tunnel is opened again through the next relay and the copy sent again. A relay that
+//! was heard from and then died may have passed the bytes to the service; such a tunnel fails
+//! rather than risk delivering them twice.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream};
+use sat_transport::io::{rejection, Prefixed};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::{ClientError, Route, Transport};
+
+/// The most a tunnel sends before its answer. Past it, local reads wait for the answer, so a
+/// replay never holds more than this.
+const REPLAY_LIMIT: usize = 64 * 1024;
+/// How often a tunnel awaiting its answer looks at whether its relay went silent.
+const WATCH_EVERY: Duration = Duration::from_millis(25);
+/// After a write failed, how long the answer (most likely a refusal) gets to arrive.
+const AFTER_WRITE_FAILED: Duration = Duration::from_secs(1);
+/// How many relays a tunnel tries before it gives up.
+const MAX_ATTEMPTS: usize = 3;
+
+/// A tunnel its relay has taken.
+pub enum Answered {
+    /// Over QUIC the answer has been read; `first` is what followed it.
+    Quic {
+        send: SendStream,
+        recv: RecvStream,
+        first: Bytes,
+    },
+    /// Over TLS the answer is read with the data (see [`Prefixed::awaiting_answer`]). A dead
+    /// TCP peer is not noticed sooner than TCP's own timeouts, so there is nothing to replay.
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// How waiting for an answer ended, short of an answer.
+enum Unanswered {
+    /// The end of this tunnel: the relay or the control plane refused it, or the local side
+    /// failed.
+    Final(ClientError),
+    /// The relay went silent, or the stream failed, before it answered: worth another relay.
+    Lost(String),
+}
+
+/// Opens a tunnel to `service`, passing on what `local` sends until the relay answers, and
+/// replaying it through the next relay if the first one dies before it answers.
+pub async fn open_answered<R>(
+    route: &Route,
+    service: &str,
+    local: &mut R,
+) -> Result<(Answered, String), ClientError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut sent = Sent::default();
+    let mut attempt = 1;
+    loop {
+        let (transport, relay) = route.open(service).await?;
+        let (mut send, mut recv, conn) = match transport {
+            Transport::Quic { send, recv, conn } => (send, recv, conn),
+            Transport::Tls(mut stream) => {
+                for chunk in &sent.chunks {
+                    stream
+                        .write_all(chunk)
+                        .await
+                        .map_err(|e| io_err(service, e))?;
+                }
+                return Ok((Answered::Tls(stream), relay));
+            }
+        };
+        // Datagrams from the relay so far. If none come before it is lost, it died before it
+        // could act on this tunnel, and a replay cannot repeat anything.
+        let heard = conn.stats().udp_rx.datagrams;
+        let lost = match replay(&mut send, &sent).await {
+            Ok(()) => {
+                let tunnel = Tunnel {
+                    service,
+                    relay: &relay,
+                    route,
+                };
+                tunnel
+                    .await_answer(&mut send, &mut recv, local, &mut sent)
+                    .await
+            }
+            Err(e) => Err(Unanswered::Lost(e.to_string())),
+        };
+        match lost {
+            Ok(first) => return Ok((Answered::Quic { send, recv, first }, relay)),
+            Err(Unanswered::Final(e)) => return Err(e),
+            Err(Unanswered::Lost(why))
+                if attempt < MAX_ATTEMPTS && conn.stats().udp_rx.datagrams == heard =>
+            {
+                warn!(%relay, bytes = sent.len, "the relay did not answer ({why}); opening the tunnel again through the next relay");
+                let _ = send.reset(sat_transport::splice::ABORTED);
+                attempt += 1;
+            }
+            Err(Unanswered::Lost(why)) => {
+                let _ = send.reset(sat_transport::splice::ABORTED);
+                let why = match attempt < MAX_ATTEMPTS {
+                    // It may have passed the tunnel on; a replay could deliver its bytes twice.
+                    true => format!("{why}, after it had the tunnel (not replayed: the service may have seen its bytes)"),
+                    false => format!("{why}, and {MAX_ATTEMPTS} relays were tried"),
+                };
+                return Err(io_err(
+                    service,
+                    std::io::Error::other(format!("relay {relay} did not answer: {why}")),
+                ));
+            }
+        }
+    }
+}
+
+/// What a tunnel sent before its answer, kept for a replay.
+#[derive(Default)]
+struct Sent {
+    chunks: Vec<Bytes>,
+    len: usize,
+    /// The local side ended its input.
+    ended: bool,
+}
+
+async fn replay(send: &mut SendStream, sent: &Sent) -> Result<(), quinn::WriteError> {
+    for chunk in &sent.chunks {
+        send.write_chunk(chunk.clone()).await?;
+    }
+    Ok(())
+}
+
+/// One attempt at a tunnel: which service, through which relay of which route.
+struct Tunnel<'a> {
+    service: &'a str,
+    relay: &'a str,
+    route: &'a Route,
+}
+
+impl Tunnel<'_> {
+    /// Waits for the relay's answer while passing on what `local` sends (and keeping a copy).
+    async fn await_answer<R>(
+        &self,
+        send: &mut SendStream,
+        recv: &mut RecvStream,
+        local: &mut R,
+        sent: &mut Sent,
+    ) -> Result<Bytes, Unanswered>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let mut answer = Prefixed::awaiting_answer(recv);
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        let mut buf = BytesMut::new();
+        let mut write_failed: Option<(Instant, String)> = None;
+        let service = self.service;
+        loop {
+            let reading = !sent.ended && write_failed.is_none() && sent.len < REPLAY_LIMIT;
+            if reading {
+                buf.reserve(16 * 1024);
+            }
+            tokio::select! {
+                answered = answer.answer() => return match answered {
+                    Ok(()) => Ok(answer.into_pending()),
+                    Err(e) => Err(match rejection(&e) {
+                        Some(r) => Unanswered::Final(ClientError::Refused {
+                            service: service.into(),
+                            code: r.code,
+                            message: r.message.clone(),
+                        }),
+                        None => Unanswered::Lost(e.to_string()),
+                    }),
+                },
+                read = local.read_buf(&mut buf), if reading => match read {
+                    Ok(0) => sent.ended = true,
+                    Ok(_) => {
+                        let chunk = buf.split().freeze();
+                        sent.len += chunk.len();
+                        sent.chunks.push(chunk.clone());
+                        // Within the stream's flow-control window (far above REPLAY_LIMIT), so
+                        // this does not wait on the relay.
+                        if let Err(e) = send.write_chunk(chunk).await {
+                            write_failed = Some((Instant::now(), e.to_string()));
+                        }
+                    }
+                    // The local side is gone; nobody is left to answer.
+                    Err(e) => return Err(Unanswered::Final(io_err(service, e))),
+                },
+                _ = tick.tick() => {
+                    if self.route.is_gone(self.relay) {
+                        return Err(Unanswered::Lost("it went silent".into()));
+                    }
+                    if let Some((at, why)) = &write_failed {
+                        if at.elapsed() > AFTER_WRITE_FAILED {
+                            return Err(Unanswered::Lost(why.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn io_err(service: &str, source: std::io::Error) -> ClientError {
+    ClientError::Io {
+        service: service.into(),
+        source,
+    }
+}
