@@ -273,6 +273,32 @@ async fn check_config_opens_the_geoip_database() -> Result<()> {
     Ok(())
 }
 
+/// A GeoIP file that is not a MaxMind database stops `sat control` and `sat relay` at start,
+/// before the relay enrols or serves (no control plane runs here: a relay that tried to enrol
+/// first would fail on that instead), with a message that names the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_geoip_database_stops_control_and_relay_at_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (control, relay) = write_configs(dir.path())?;
+    let corrupt = dir.path().join("corrupt.mmdb");
+    std::fs::write(&corrupt, b"this is not a MaxMind DB file\n".repeat(100))?;
+    for (what, file) in [("control", control), ("relay", relay)] {
+        let text = std::fs::read_to_string(&file)?;
+        std::fs::write(
+            &file,
+            text.replace(&geoip_db(), &corrupt.display().to_string()),
+        )?;
+        let mut cmd = sat_cmd([what, "--config"]);
+        cmd.arg(&file);
+        let (status, _, err) = run(cmd, SHORT).await?;
+        ensure!(
+            !status.success() && err.contains("corrupt.mmdb") && err.contains("MaxMind DB"),
+            "sat {what} with a corrupt GeoIP file: {status}\n{err}"
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // sat up
 

@@ -60,6 +60,11 @@ pub async fn run(
     sockets: Sockets,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    // Before enrolling or serving: a GeoIP path that is wrong is the operator's to fix.
+    let geoip = match &config.dns {
+        Some(dns) => Some(Arc::new(GeoIp::open(&dns.geoip)?)),
+        None => None,
+    };
     // Dual-stack where the host has IPv6, so control replicas may have either family.
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
@@ -162,12 +167,11 @@ pub async fn run(
         listeners.spawn(tcp::serve(listener, service, relay.clone(), stop.clone()));
     }
     background.spawn(measure::probe_peers(relay.clone(), stop_background.clone()));
-    if let (Some(dns_sockets), Some(dns)) = (sockets.dns, &config.dns) {
-        let geoip = GeoIp::open(&dns.geoip)?;
+    if let (Some(dns_sockets), Some(dns), Some(geoip)) = (sockets.dns, &config.dns, geoip) {
         background.spawn(serve_dns(
             dns.authority.clone(),
             dns_sockets,
-            Arc::new(geoip),
+            geoip,
             relay.routes.subscribe(),
             stop_background.clone(),
         ));
