@@ -247,25 +247,7 @@ async fn a_killed_relay_is_left_within_limits() -> Result<()> {
         dns("127.0.0.22"),
     )
     .await?;
-    relay_map_until(a.public, net.ca(), "both relays up", |rows| {
-        rows.len() == 2 && rows.iter().all(|r| r["state"] == "up")
-    })
-    .await?;
-
-    let mut cmd = sat_cmd([
-        "forward",
-        "127.0.0.1:0",
-        "echo",
-        "--relay",
-        &a.public.to_string(),
-        "--ca",
-    ]);
-    cmd.arg(net.ca()).env("SAT_LOG", "info,sat_client=debug");
-    let forward = Proc::spawn("forward", cmd)?;
-    let local = forward
-        .log
-        .wait_listening("tcp", Some("echo"), SHORT)
-        .await?;
+    let (forward, local) = forward_echo(&net, &a).await?;
     echo_through(local, Duration::from_secs(2)).await?;
     let line = forward.log.wait_for("tunnel open", SHORT).await?;
     let (mut dead, alive, dead_dns_ip) = if line.contains(&format!("relay={}", a.relay.name)) {
@@ -341,6 +323,92 @@ async fn a_killed_relay_is_left_within_limits() -> Result<()> {
     eprintln!("DNS: the dead relay left the answers {gone:?} after the kill");
     ensure!(gone < Duration::from_secs(3), "DNS took {gone:?}");
     Ok(())
+}
+
+/// A relay that stops answering for a moment (SIGSTOP) is doubted, not dropped: a connection
+/// made meanwhile goes through the standby within a second, and a tunnel already open through
+/// the paused relay carries on once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_pauses_is_doubted_not_dropped() -> Result<()> {
+    let echo = echo_backend().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", echo.addr)]).await?;
+    let near = Props::delay(Duration::ZERO);
+    let a = distant(&mut net, near, Duration::ZERO, RelayOpts::default()).await?;
+    let b = distant(&mut net, near, Duration::ZERO, RelayOpts::default()).await?;
+    let (forward, local) = forward_echo(&net, &a).await?;
+
+    // A tunnel that stays open through the pause.
+    let mut kept = TcpStream::connect(local).await?;
+    echo_on(&mut kept, b"before\n").await?;
+    let line = forward.log.wait_for("tunnel open", SHORT).await?;
+    let paused = match line.contains(&format!("relay={}", a.relay.name)) {
+        true => &a,
+        false => &b,
+    };
+    // Let the standby's warm-up finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    paused.relay.proc.signal(libc::SIGSTOP)?;
+    let _resume = Resume(paused.relay.proc.pid()?);
+    let stopped = Instant::now();
+    let through = echo_through(local, Duration::from_secs(3)).await;
+    let took = stopped.elapsed();
+    through.with_context(|| {
+        format!(
+            "a connection during the pause; log:\n{}",
+            forward.log.tail()
+        )
+    })?;
+    eprintln!("forward: a connection made during the pause echoed after {took:?}");
+    ensure!(took < Duration::from_secs(1), "took {took:?}");
+
+    signal(paused.relay.proc.pid()?, libc::SIGCONT)?;
+    tokio::time::timeout(Duration::from_secs(5), echo_on(&mut kept, b"after\n"))
+        .await
+        .context("the tunnel through the paused relay did not carry on")??;
+    Ok(())
+}
+
+/// SIGCONT on drop, so that a failed test does not leave a stopped relay behind.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = signal(self.0, libc::SIGCONT);
+    }
+}
+
+/// Sends `line` on an open tunnel and reads the echo.
+async fn echo_on(s: &mut TcpStream, line: &[u8]) -> Result<()> {
+    s.write_all(line).await?;
+    let mut buf = vec![0u8; line.len()];
+    s.read_exact(&mut buf).await?;
+    ensure!(buf == line, "echo gave {buf:?}");
+    Ok(())
+}
+
+/// Once both relays are up, `sat forward` to the echo service, its map fetched from `a`; its
+/// process and local address.
+async fn forward_echo(net: &Net, a: &Distant) -> Result<(Proc, SocketAddr)> {
+    relay_map_until(a.public, net.ca(), "both relays up", |rows| {
+        rows.len() == 2 && rows.iter().all(|r| r["state"] == "up")
+    })
+    .await?;
+    let mut cmd = sat_cmd([
+        "forward",
+        "127.0.0.1:0",
+        "echo",
+        "--relay",
+        &a.public.to_string(),
+        "--ca",
+    ]);
+    cmd.arg(net.ca()).env("SAT_LOG", "info,sat_client=debug");
+    let forward = Proc::spawn("forward", cmd)?;
+    let local = forward
+        .log
+        .wait_listening("tcp", Some("echo"), SHORT)
+        .await?;
+    Ok((forward, local))
 }
 
 /// One line through the forwarder's echo, within `limit`.

@@ -1,14 +1,15 @@
 //! Opening a tunnel and waiting for the relay's answer, with the local side's bytes going out
 //! meanwhile (no round trip is added before the first byte).
 //!
-//! A relay that dies just before a tunnel is opened is not known to be dead yet: its kept
-//! connection still counts as live for a few hundred milliseconds, and the tunnel goes into it.
-//! Such a tunnel is not lost. Until the answer comes, a copy of what was sent is kept (up to
-//! [`REPLAY_LIMIT`]). If the relay goes silent or the stream fails first, and not one datagram
-//! came from the relay after the tunnel was sent, the relay died before it could pass anything
-//! on: the tunnel is opened again through the next relay and the copy sent again. A relay that
-//! was heard from and then died may have passed the bytes to the service; such a tunnel fails
-//! rather than risk delivering them twice.
+//! This is also where a dead relay is noticed: a live relay acknowledges what it receives within
+//! its ack delay (25 ms) and a round trip. If nothing at all comes back within
+//! [`ack_limit`](crate::dial::ack_limit), the connection is doubted (new tunnels go elsewhere
+//! until it is heard from again) and the tunnel is opened again through the next relay, with a
+//! copy of what was sent before the answer (at most [`REPLAY_LIMIT`]). Since the relay sent
+//! nothing after the tunnel went out, it had not passed the tunnel on, short of dying in the
+//! moment between receiving and acknowledging, so the replay delivers nothing twice. A relay
+//! that was heard from and then died (or reset the stream) may have passed the bytes on;
+//! such a tunnel fails rather than risk delivering them twice.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::dial::ack_limit;
 use crate::{ClientError, Route, Transport};
 
 /// The most a tunnel sends before its answer. Past it, local reads wait for the answer, so a
@@ -88,6 +90,9 @@ where
                     service,
                     relay: &relay,
                     route,
+                    conn: &conn,
+                    heard,
+                    sent_at: Instant::now(),
                 };
                 tunnel
                     .await_answer(&mut send, &mut recv, local, &mut sent)
@@ -137,11 +142,15 @@ async fn replay(send: &mut SendStream, sent: &Sent) -> Result<(), quinn::WriteEr
     Ok(())
 }
 
-/// One attempt at a tunnel: which service, through which relay of which route.
+/// One attempt at a tunnel: which service, through which relay of which route, and on which
+/// connection, with its receive counter when the tunnel went out.
 struct Tunnel<'a> {
     service: &'a str,
     relay: &'a str,
     route: &'a Route,
+    conn: &'a quinn::Connection,
+    heard: u64,
+    sent_at: Instant,
 }
 
 impl Tunnel<'_> {
@@ -194,6 +203,11 @@ impl Tunnel<'_> {
                     Err(e) => return Err(Unanswered::Final(io_err(service, e))),
                 },
                 _ = tick.tick() => {
+                    let limit = ack_limit(self.conn.rtt());
+                    if self.conn.stats().udp_rx.datagrams == self.heard && self.sent_at.elapsed() >= limit {
+                        self.route.doubt(self.relay, self.conn, self.heard);
+                        return Err(Unanswered::Lost(format!("nothing came back within {limit:?}")));
+                    }
                     if self.route.is_gone(self.relay) {
                         return Err(Unanswered::Lost("it went silent".into()));
                     }

@@ -3,10 +3,14 @@
 //! wins. A QUIC connection is kept and shared by the tunnels that follow.
 //!
 //! A kept connection is watched, so that a relay that dies is noticed before a tunnel is sent
-//! into it: the client pings every [`PING_EVERY`] (a QUIC keep-alive, a few dozen bytes), and a
-//! connection that has heard nothing for [`silence_limit`] is given up. That is what
-//! lets [`crate::Route`] send new tunnels to the standby relay within a fraction of a second of
-//! a relay's death, rather than after QUIC's idle timeout.
+//! into it. Two things tell: a tunnel sent into it hears nothing back within [`ack_limit`]
+//! (a live relay acknowledges within its ack delay and a round trip), after which the
+//! connection is doubted and new tunnels go elsewhere until it is heard from again; and an idle
+//! connection, pinged every [`PING_EVERY`], that has heard nothing for [`silence_limit`], is
+//! given up. The first is what lets [`crate::Route`] move new tunnels to the standby relay
+//! within half a second of a relay's death, however long the connection was idle; the second
+//! keeps NAT bindings and catches idle deaths without waking a laptop's radio five times a
+//! second.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,14 +33,15 @@ use crate::ClientError;
 /// How long QUIC gets alone before TLS over TCP is tried beside it (as in Happy Eyeballs).
 const FALLBACK_AFTER: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a kept QUIC connection is pinged. Short, because the silence after a relay's
-/// death is how it is noticed; a ping and its acknowledgement are two small packets.
-pub const PING_EVERY: Duration = Duration::from_millis(200);
+/// How often a kept QUIC connection is pinged when nothing else is sent: well inside NAT
+/// binding lifetimes (30 s and more) and the relay's idle timeout. New tunnels do not depend on
+/// it: each watches for its own acknowledgement ([`ack_limit`]).
+pub const PING_EVERY: Duration = Duration::from_secs(2);
 /// How often the watcher looks at a connection's receive counter.
 const WATCH_EVERY: Duration = Duration::from_millis(25);
-/// The least silence that counts as death: a ping interval plus an allowance for the peer's
-/// delayed acknowledgement (25 ms in QUIC) and for scheduling.
-const MIN_SILENCE: Duration = Duration::from_millis(400);
+/// The least time without an acknowledgement that counts as death: the peer's ack delay
+/// (25 ms in QUIC) and an allowance for scheduling on a busy machine.
+const MIN_ACK_WAIT: Duration = Duration::from_millis(400);
 
 /// An open tunnel, its header already sent; the relay's answer is the first thing to read.
 pub enum Transport {
@@ -166,13 +171,31 @@ impl Dialer {
         Ok(())
     }
 
-    /// Whether the relay is known to be gone: a kept connection went silent or closed. A
-    /// dialer that has no connection yet is not known to be gone.
+    /// Whether the relay is known to be gone: a kept connection went silent, closed, or is
+    /// doubted (see [`Dialer::doubt`]). A dialer that has no connection yet is not known to be
+    /// gone.
     pub fn is_gone(&self) -> bool {
         let Ok(slot) = self.quic.lock() else {
             return false;
         };
-        slot.as_ref().is_some_and(|k| !k.is_live())
+        slot.as_ref().is_some_and(|k| k.state() != Liveness::Live)
+    }
+
+    /// A tunnel on `conn` heard nothing back: while the connection's receive counter stays at
+    /// `heard`, new tunnels go elsewhere. The connection is kept for the tunnels already on it,
+    /// in case it was a pause and not a death.
+    pub fn doubt(&self, conn: &Connection, heard: u64) {
+        let Ok(slot) = self.quic.lock() else {
+            return;
+        };
+        if let Some(kept) = slot
+            .as_ref()
+            .filter(|k| k.conn.stable_id() == conn.stable_id())
+        {
+            if let Ok(mut doubt) = kept.doubted_at.lock() {
+                *doubt = Some(heard);
+            }
+        }
     }
 
     /// The kept connection if it is live. One that went silent is closed here, so that its
@@ -180,8 +203,10 @@ impl Dialer {
     fn live_connection(&self) -> Option<Connection> {
         let mut slot = self.quic.lock().ok()?;
         let kept = slot.as_ref()?;
-        if kept.is_live() {
-            return Some(kept.conn.clone());
+        match kept.state() {
+            Liveness::Live => return Some(kept.conn.clone()),
+            Liveness::Doubted => return None,
+            Liveness::Silent => {}
         }
         if kept.conn.close_reason().is_none() {
             warn!(relay = %self.relay, "the relay went silent; giving its connection up");
@@ -276,6 +301,18 @@ impl Dialer {
 struct Kept {
     conn: Connection,
     last_heard: Arc<Mutex<Instant>>,
+    /// The receive counter when a tunnel on it last heard nothing back (see [`Dialer::doubt`]).
+    doubted_at: Mutex<Option<u64>>,
+}
+
+/// What a kept connection is good for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Live,
+    /// A tunnel heard nothing back, and nothing has been heard since: no new tunnels.
+    Doubted,
+    /// Closed, or nothing heard for [`silence_limit`]: give it up.
+    Silent,
 }
 
 impl Kept {
@@ -301,25 +338,50 @@ impl Kept {
                 }
             }
         });
-        Self { conn, last_heard }
+        Self {
+            conn,
+            last_heard,
+            doubted_at: Mutex::new(None),
+        }
     }
 
-    fn is_live(&self) -> bool {
+    fn state(&self) -> Liveness {
         if self.conn.close_reason().is_some() {
-            return false;
+            return Liveness::Silent;
         }
         let heard = self
             .last_heard
             .lock()
             .map_or_else(|_| Instant::now(), |at| *at);
-        heard.elapsed() < silence_limit(self.conn.rtt())
+        if heard.elapsed() >= silence_limit(self.conn.rtt()) {
+            return Liveness::Silent;
+        }
+        let Ok(mut doubt) = self.doubted_at.lock() else {
+            return Liveness::Live;
+        };
+        match *doubt {
+            Some(at) if self.conn.stats().udp_rx.datagrams == at => Liveness::Doubted,
+            Some(_) => {
+                // Heard from since: it was a pause, not a death.
+                *doubt = None;
+                Liveness::Live
+            }
+            None => Liveness::Live,
+        }
     }
 }
 
 /// How long a connection may stay silent before it counts as dead: a ping interval and three
-/// round trips (a slow path is not a dead one), and never less than [`MIN_SILENCE`].
+/// round trips (a slow path is not a dead one).
 pub fn silence_limit(rtt: Duration) -> Duration {
-    (PING_EVERY + rtt * 3).max(MIN_SILENCE)
+    PING_EVERY + rtt * 3
+}
+
+/// How long a tunnel sent into a connection waits to hear anything back before the relay
+/// counts as dead: three round trips (a lost packet's retransmission takes about two), and
+/// never less than [`MIN_ACK_WAIT`].
+pub fn ack_limit(rtt: Duration) -> Duration {
+    (rtt * 3).max(MIN_ACK_WAIT)
 }
 
 enum Connected {

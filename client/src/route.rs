@@ -80,6 +80,15 @@ impl Route {
         hops.iter().any(|h| h.name == name && h.dialer.is_gone())
     }
 
+    /// A tunnel through `name` on `conn` heard nothing back (see [`Dialer::doubt`]).
+    pub fn doubt(&self, name: &str, conn: &quinn::Connection, heard: u64) {
+        if let Ok(hops) = self.hops.read() {
+            for hop in hops.iter().filter(|h| h.name == name) {
+                hop.dialer.doubt(conn, heard);
+            }
+        }
+    }
+
     fn hops(&self) -> Vec<Arc<Hop>> {
         self.hops.read().map(|h| h.clone()).unwrap_or_default()
     }
