@@ -73,6 +73,16 @@ async fn wait_answer(
 }
 
 /// The three relays; the London one serves geo DNS if `london_dns`.
+/// How many threads of process `pid` have names starting with `prefix`.
+fn threads_named(pid: i32, prefix: &str) -> Result<usize> {
+    let mut n = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(task?.path().join("comm")).unwrap_or_default();
+        n += usize::from(comm.starts_with(prefix));
+    }
+    Ok(n)
+}
+
 async fn start_relays(net: &mut Net, london_dns: bool) -> Result<Vec<Relay>> {
     let mut relays = Vec::new();
     for (name, location, ip) in RELAYS {
@@ -136,7 +146,8 @@ async fn control_plane_geo_dns_drops_killed_and_draining_relays_within_3s() -> R
     let echo = echo_backend().await?;
     let mut net = Net::start_with(ControlOpts {
         services: vec![Service::tcp("echo", echo.addr)],
-        dns: Some(dns_section("echo")),
+        // Three threads where the default here (2 cores) is one: the setting takes effect.
+        dns: Some(dns_section("echo") + "udp_threads = 3\n"),
         ..Default::default()
     })
     .await?;
@@ -144,6 +155,8 @@ async fn control_plane_geo_dns_drops_killed_and_draining_relays_within_3s() -> R
     // No relay serves DNS here: every answer below is the control plane's.
     let relays = start_relays(&mut net, false).await?;
     wait_all_up(dns).await?;
+    let threads = threads_named(net.control.pid()?, "dns-udp-")?;
+    ensure!(threads == 3, "{threads} UDP threads for udp_threads = 3");
     let (_, ecs) = dig(dns, LONDON).await?;
     ensure!(
         ecs.contains("81.2.69.142/32/31"),

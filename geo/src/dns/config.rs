@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use crate::GeoError;
 
+/// The most UDP threads a config may ask for.
+const UDP_THREADS_LIMIT: usize = 64;
+
 /// The `[dns]` section: the zone the server is authoritative for, and how it answers.
 ///
 /// ```toml
@@ -60,6 +63,10 @@ pub struct DnsConfig {
     /// How long a TCP connection may stay idle before the server closes it.
     #[serde(default = "default_tcp_timeout", with = "humantime_serde")]
     pub tcp_timeout: Duration,
+    /// Threads answering UDP, from 1 to 64. Default: half the cores, from 1 to 4, which leaves
+    /// a relay room for its proxying; a server that only answers DNS may want more.
+    #[serde(default)]
+    pub udp_threads: Option<usize>,
     #[serde(default)]
     pub soa: SoaConfig,
 }
@@ -147,6 +154,7 @@ impl DnsConfig {
             relays_per_answer: default_relays_per_answer(),
             max_udp_payload: default_max_udp_payload(),
             tcp_timeout: default_tcp_timeout(),
+            udp_threads: None,
             soa: SoaConfig::default(),
         }
     }
@@ -262,6 +270,15 @@ impl Zone {
         }
         if config.tcp_timeout.is_zero() {
             return Err(bad("tcp_timeout", "must be more than 0s, such as \"10s\""));
+        }
+        if let Some(n) = config
+            .udp_threads
+            .filter(|n| !(1..=UDP_THREADS_LIMIT).contains(n))
+        {
+            return Err(bad(
+                "udp_threads",
+                format!("is {n}; it must be from 1 to {UDP_THREADS_LIMIT} (or left out for half the cores)"),
+            ));
         }
 
         let mut names: HashMap<LowerName, Node> = HashMap::new();
@@ -561,6 +578,15 @@ mod tests {
         let mut config = DnsConfig::for_zone("sat.example.com");
         config.tcp_timeout = Duration::ZERO;
         assert!(problem(&config).contains("`tcp_timeout`"));
+
+        for threads in [0, 65] {
+            let mut config = DnsConfig::for_zone("sat.example.com");
+            config.udp_threads = Some(threads);
+            assert!(problem(&config).contains("`udp_threads`"), "{threads}");
+        }
+        let mut config = DnsConfig::for_zone("sat.example.com");
+        config.udp_threads = Some(64);
+        assert!(config.validate().is_ok());
 
         let mut config = DnsConfig::for_zone("sat.example.com");
         config.soa.rname = Some("first.last@example.com".into());

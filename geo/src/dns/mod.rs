@@ -69,17 +69,18 @@ use crate::GeoError;
 use config::Zone;
 use udp::UdpThreads;
 
-/// UDP threads at most, however many cores: past a few, the socket's queue is the limit.
-const MAX_UDP_THREADS: usize = 4;
+/// UDP threads at most by default, however many cores: past a few, the socket's queue is the
+/// limit.
+const DEFAULT_UDP_THREADS_MAX: usize = 4;
 
 /// UDP threads for this machine: half its cores, at least one. An answer takes about a
 /// microsecond of our time and several of the kernel's (receiving, routing and sending the
 /// datagrams, on whichever core the packets land), and a relay has its proxying to do too;
 /// threads that take every core only wake each other on the shared socket. On the 2-core test
 /// machine, one thread answered 345-364k queries/s under dnsperf, two 311-322k, three 271-293k.
-fn udp_threads() -> usize {
+fn default_udp_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    (cores / 2).clamp(1, MAX_UDP_THREADS)
+    (cores / 2).clamp(1, DEFAULT_UDP_THREADS_MAX)
 }
 
 /// The request handler: the zone, the relays, and the GeoIP database. [`serve`] runs it; it is
@@ -170,7 +171,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), GeoError> {
     let handler = GeoDns::new(&config, table, geoip)?;
-    let threads = udp_threads();
+    let threads = config.udp_threads.unwrap_or_else(default_udp_threads);
     // Its own token, so that an ended server stops its threads without cancelling the caller's.
     let stop_udp = shutdown.child_token();
     let mut udp =
