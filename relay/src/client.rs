@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
 use sat_proto::stream::{ClientHeader, RejectCode, Response, StreamHeader, StreamKind};
-use sat_transport::{header, splice};
+use sat_transport::header::{self, HeaderError};
+use sat_transport::splice;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -79,6 +80,11 @@ async fn quic_tunnel(
 ) {
     let (hello, first) = match header::read(&mut recv, ClientHeader::decode, HEADER_TIMEOUT).await {
         Ok(h) => h,
+        // The client reset the stream: it gave the tunnel up (a client replays a tunnel through
+        // another relay when this one was slow to acknowledge). Nobody is left to refuse.
+        Err(HeaderError::Io(e)) => {
+            return debug!("the client gave a tunnel up before its header: {e}")
+        }
         Err(e) => return refuse_quic(&mut send, RejectCode::BadHeader, e.to_string()).await,
     };
     let _guard = relay.stream_guard();
