@@ -279,11 +279,15 @@ async fn a_networks_measurements_decide_its_answers_and_their_scope() -> Result<
     let cases = [
         // Measured: Singapore first, and the answer holds for the /24 only.
         ("214.78.121.0/24", "214.78.121.0/24/24", [SIN, NYC]),
-        // The rest of the GeoIP network: nearest by distance, for all of the /22.
-        ("214.78.120.0/24", "214.78.120.0/24/22", [NYC, LON]),
+        // The rest of the GeoIP network: nearest by distance, but for its own /24 only, since
+        // a /22 scope would have resolvers give this answer to the measured /24 too.
+        ("214.78.120.0/24", "214.78.120.0/24/24", [NYC, LON]),
         // A /16 holds the measured /24 but many other networks: GeoIP alone (it does not
-        // place 214.78.0.0, so the relays go by name).
-        ("214.78.0.0/16", "214.78.0.0/16/16", [LON, NYC]),
+        // place 214.78.0.0, so the relays go by name), scoped to a /24 for the same reason.
+        ("214.78.0.0/16", "214.78.0.0/16/24", [LON, NYC]),
+        // Outside the /22 that holds the measured /24, GeoIP's scope stands (the test
+        // database's 216.160.83.56/29).
+        ("216.160.83.56/32", "216.160.83.56/32/29", [NYC, LON]),
     ];
     for (subnet, scope_line, want) in cases {
         let out = server.a_for_subnet(subnet).await?;

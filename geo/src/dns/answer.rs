@@ -380,12 +380,9 @@ impl GeoDns {
                 let addr = ecs.addr();
                 match self.geoip.place(addr) {
                     Some(place) => {
-                        let mut scope = place.network_prefix_len;
-                        if addr.is_ipv6() && addr.to_canonical().is_ipv4() {
-                            // An IPv4-mapped subnet: GeoIP answered for the IPv4 address,
-                            // whose network sits 96 bits into the IPv6 one.
-                            scope = scope.saturating_add(96);
-                        }
+                        // An IPv4-mapped subnet: GeoIP answered for the IPv4 address, whose
+                        // network sits 96 bits into the IPv6 one.
+                        let scope = place.network_prefix_len.saturating_add(mapped_offset(addr));
                         (Some(place.location), scope.min(family_bits(addr)))
                     }
                     None => (None, ecs.source_prefix()),
@@ -428,11 +425,10 @@ impl GeoDns {
         v6: bool,
     ) -> Choice {
         let (location, geo_scope) = self.locate(ecs, src);
-        let measured = client_network(ecs, src)
-            .and_then(|(network, scope)| Some((table.measured(network)?, scope)));
+        let measured = client_network(ecs, src).and_then(|network| table.measured(network));
         let client = Client {
             location,
-            measured: measured.map(|(rtts, _)| rtts.clone()).unwrap_or_default(),
+            measured: measured.cloned().unwrap_or_default(),
         };
         let candidates = table.relays().iter().filter(|r| r.has_family(v6));
         let relays = rank(&client, candidates.map(|r| &r.relay), table.peers())
@@ -445,11 +441,10 @@ impl GeoDns {
                     .position(|r| ptr::eq(&r.relay, ranked.relay))
             })
             .collect();
-        let scope = match measured {
-            Some((_, network_scope)) => geo_scope.max(network_scope),
-            None => geo_scope,
-        };
-        Choice { relays, scope }
+        Choice {
+            relays,
+            scope: scope(ecs, geo_scope, table),
+        }
     }
 
     /// The A (or AAAA) records of the chosen relays, best first.
@@ -485,23 +480,49 @@ fn client_key(ecs: Option<&ClientSubnet>, src: IpAddr, v6: bool) -> ClientKey {
     }
 }
 
-/// The client network whose reported round trips may rank the answer, and the ECS scope an
-/// answer ranked by them holds for (the network's prefix length, in the ECS option's family).
+/// The client network whose reported round trips may rank the answer.
 ///
 /// Without ECS it is the resolver's network. With ECS, the subnet must be at least as long as
 /// a [`Network`]: a shorter one (including a source prefix of 0, "do not use my address")
 /// may span many networks, whose clients' round trips differ.
-fn client_network(ecs: Option<&ClientSubnet>, src: IpAddr) -> Option<(Network, u8)> {
+fn client_network(ecs: Option<&ClientSubnet>, src: IpAddr) -> Option<Network> {
     let addr = ecs.map_or(src, ClientSubnet::addr);
     let network = Network::containing(addr);
-    let mut prefix_len = network.prefix_len();
-    if addr.is_ipv6() && network.addr().is_ipv4() {
-        // An IPv4-mapped subnet: its /24 sits 96 bits into the IPv6 address.
-        prefix_len += 96;
-    }
     match ecs {
-        Some(ecs) if ecs.source_prefix() < prefix_len => None,
-        _ => Some((network, prefix_len)),
+        Some(ecs) if ecs.source_prefix() < network_scope(addr) => None,
+        _ => Some(network),
+    }
+}
+
+/// The prefix length of the client network holding `addr`, in `addr`'s family: an IPv4-mapped
+/// address's /24 sits 96 bits into the IPv6 address.
+fn network_scope(addr: IpAddr) -> u8 {
+    Network::containing(addr).prefix_len() + mapped_offset(addr)
+}
+
+fn mapped_offset(addr: IpAddr) -> u8 {
+    match addr.is_ipv6() && addr.to_canonical().is_ipv4() {
+        true => 96,
+        false => 0,
+    }
+}
+
+/// The ECS scope of an answer placed by GeoIP with scope `geo_scope` (see
+/// [`GeoDns::locate`]). Every address in that network has the same place, but client networks
+/// inside it that measured round trips are ranked by them and may get other relays (RFC 7871
+/// 7.2.1: the scope must cover only addresses the answer is right for). Then the answer holds
+/// for the client's own network only, measured or not.
+fn scope(ecs: Option<&ClientSubnet>, geo_scope: u8, table: &DnsTable) -> u8 {
+    let Some(ecs) = ecs.filter(|ecs| ecs.source_prefix() > 0) else {
+        return geo_scope;
+    };
+    let addr = ecs.addr();
+    let narrow = network_scope(addr);
+    let wider = geo_scope.saturating_sub(mapped_offset(addr));
+    if geo_scope < narrow && table.measured_within(addr, wider) {
+        narrow
+    } else {
+        geo_scope
     }
 }
 

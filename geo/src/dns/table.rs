@@ -95,12 +95,73 @@ impl DnsTable {
     pub fn measured(&self, network: Network) -> Option<&BTreeMap<String, Duration>> {
         self.networks.get(&network).filter(|rtts| !rtts.is_empty())
     }
+
+    /// Whether a client network inside `addr`/`prefix_len` (a wider network, such as GeoIP's)
+    /// has measured round trips, so that its clients may be answered differently from the
+    /// rest. An IPv4-mapped `addr` is taken as its IPv4 address, with an IPv4 prefix length.
+    pub fn measured_within(&self, addr: IpAddr, prefix_len: u8) -> bool {
+        let (first, last) = match addr.to_canonical() {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix_len.min(32)))
+                    .unwrap_or(0);
+                let first = v4.to_bits() & mask;
+                (
+                    IpAddr::V4(Ipv4Addr::from_bits(first)),
+                    IpAddr::V4(Ipv4Addr::from_bits(first | !mask)),
+                )
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix_len.min(128)))
+                    .unwrap_or(0);
+                let first = v6.to_bits() & mask;
+                (
+                    IpAddr::V6(Ipv6Addr::from_bits(first)),
+                    IpAddr::V6(Ipv6Addr::from_bits(first | !mask)),
+                )
+            }
+        };
+        self.networks
+            .range(Network::containing(first)..=Network::containing(last))
+            .any(|(_, rtts)| !rtts.is_empty())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rank::State;
+
+    #[test]
+    fn measured_within_finds_client_networks_inside_a_wider_one() {
+        let rtts: BTreeMap<String, Duration> =
+            [("lon".to_owned(), Duration::from_millis(5))].into();
+        let networks = ["81.2.69.0/24", "2001:218:5::/48"]
+            .iter()
+            .map(|n| (n.parse().unwrap(), rtts.clone()))
+            .chain([("198.51.100.0/24".parse().unwrap(), BTreeMap::new())])
+            .collect();
+        let table = DnsTable::new(Vec::new(), PeerRtts::default(), networks);
+        let within = |addr: &str, len| table.measured_within(addr.parse().unwrap(), len);
+        assert!(within("81.2.69.200", 24));
+        assert!(within("81.2.0.0", 16));
+        assert!(within("0.0.0.0", 0));
+        assert!(
+            within("::ffff:81.2.1.1", 16),
+            "an IPv4-mapped address is its IPv4 one"
+        );
+        assert!(!within("81.2.70.0", 24));
+        assert!(within("81.2.68.0", 23));
+        assert!(!within("81.2.66.0", 23));
+        assert!(
+            !within("198.51.100.0", 24),
+            "a network with no figures is not measured"
+        );
+        assert!(within("2001:218::", 32));
+        assert!(!within("2001:218:6::", 48));
+        assert!(!within("2001:219::", 32));
+    }
 
     #[test]
     fn ip_literals_are_taken_and_host_names_left_out() {

@@ -460,9 +460,15 @@ async fn an_answer_from_measurements_is_scoped_to_their_network() {
         answer_for(&f, "214.78.121.7/32").await,
         (ips(&[SIN4, NYC4]), 24)
     );
+    // The rest of the /22 is still placed by GeoIP, but the answer no longer holds for the
+    // whole /22: a resolver would hand it to the measured /24's clients too.
     assert_eq!(
         answer_for(&f, "214.78.120.0/24").await,
-        (ips(&geo_only), 22)
+        (ips(&geo_only), 24)
+    );
+    assert_eq!(
+        answer_for(&f, "214.78.123.9/32").await,
+        (ips(&geo_only), 24)
     );
 
     // IPv6: Japan's 2001:218::/32 in GeoIP (Singapore is nearest); measured, its /48 only.
@@ -474,6 +480,17 @@ async fn an_answer_from_measurements_is_scoped_to_their_network() {
     assert_eq!(
         answer_for(&f, "2001:218:0:1::/64").await,
         (ips(&["2001:db8::2", "2001:db8::3"]), 48)
+    );
+    assert_eq!(
+        answer_for(&f, "2001:218:1::/48").await,
+        (ips(&["2001:db8::3", "2001:db8::1"]), 48)
+    );
+
+    // Measurements outside the GeoIP network leave its scope alone.
+    f.set_table(measured_table(&[("214.78.124.0/24", &[("sin", 5)])]));
+    assert_eq!(
+        answer_for(&f, "214.78.121.0/24").await,
+        (ips(&geo_only), 22)
     );
 }
 
@@ -487,14 +504,21 @@ async fn a_subnet_shorter_than_the_network_does_not_use_its_measurements() {
         ("2001:218::/48", &[("nyc", 4)]),
     ]));
     // A /23 and a /16 that hold the measured /24s: they may hold other networks too.
-    for subnet in ["214.78.120.0/23", "214.78.0.0/16", "2001:218::/40"] {
+    // Their answers are GeoIP's, but hold for one client network only, since the measured
+    // networks inside are answered otherwise.
+    for (subnet, scope) in [
+        ("214.78.120.0/23", 24),
+        ("214.78.0.0/16", 24),
+        ("2001:218::/40", 48),
+    ] {
         assert_eq!(
-            answer_for(&f, subnet).await,
-            answer_for(&plain, subnet).await,
+            answer_for(&f, subnet).await.0,
+            answer_for(&plain, subnet).await.0,
             "{subnet}"
         );
+        assert_eq!(answer_for(&f, subnet).await.1, scope, "{subnet}");
     }
-    assert_eq!(answer_for(&f, "214.78.0.0/16").await.1, 16);
+    assert_eq!(answer_for(&plain, "214.78.0.0/16").await.1, 16);
 }
 
 #[tokio::test]
