@@ -507,7 +507,8 @@ fn check(path: &Path) -> Result<&'static str, String> {
 /// `[dns]`'s GeoIP database must open, as it must when geo DNS starts.
 fn check_geoip(path: &Path, dns: Option<&DnsSection>) -> Result<(), String> {
     match dns {
-        Some(dns) => sat_geo::geoip::GeoIp::open(&dns.geoip)
+        Some(dns) => dns
+            .open_geoip()
             .map(drop)
             .map_err(|e| format!("{}: [dns]: {e}", path.display())),
         None => Ok(()),

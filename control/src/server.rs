@@ -110,11 +110,12 @@ pub async fn run(
     sockets: Sockets,
     shutdown: CancellationToken,
 ) -> Result<(), ControlError> {
-    // Before anything is written: a GeoIP path that is wrong is the operator's to fix.
-    let geoip = match &config.dns {
-        Some(dns) => Some(Arc::new(GeoIp::open(&dns.geoip)?)),
-        None => None,
-    };
+    // Before anything is written: a wrong GeoIP path stops us here.
+    let geoip = config
+        .dns
+        .as_ref()
+        .map(DnsSection::open_geoip)
+        .transpose()?;
     let dir = &config.control.data_dir;
     // Owner-only: it holds the CA key, the admin token and the store.
     std::fs::DirBuilder::new()

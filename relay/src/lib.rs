@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
-use sat_geo::dns::{self, DnsConfig, DnsSockets};
+use sat_geo::dns::{self, DnsConfig, DnsSection, DnsSockets};
 use sat_geo::geoip::GeoIp;
 use sat_transport::pin::CertSlot;
 use sat_transport::routing;
@@ -60,11 +60,12 @@ pub async fn run(
     sockets: Sockets,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    // Before enrolling or serving: a GeoIP path that is wrong is the operator's to fix.
-    let geoip = match &config.dns {
-        Some(dns) => Some(Arc::new(GeoIp::open(&dns.geoip)?)),
-        None => None,
-    };
+    // Before enrolling or serving: a wrong GeoIP path stops us here.
+    let geoip = config
+        .dns
+        .as_ref()
+        .map(DnsSection::open_geoip)
+        .transpose()?;
     // Dual-stack where the host has IPv6, so control replicas may have either family.
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));

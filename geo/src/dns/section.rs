@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tracing::info;
 
 use super::{DnsConfig, DnsSockets};
+use crate::geoip::GeoIp;
 use crate::GeoError;
 
 /// `[dns]`: where geo DNS is served, the GeoIP database that places clients, and
@@ -48,6 +50,14 @@ impl DnsSection {
         if self.geoip.is_relative() {
             self.geoip = base.join(&self.geoip);
         }
+    }
+
+    /// Opens the `geoip` database, before anything is bound or written: a wrong path is the
+    /// operator's to fix, and should stop a server at once.
+    ///
+    /// Errors: [`GeoError::Read`] or [`GeoError::Format`], naming the file.
+    pub fn open_geoip(&self) -> Result<Arc<GeoIp>, GeoError> {
+        GeoIp::open(&self.geoip).map(Arc::new)
     }
 
     /// Binds UDP and TCP on `listen` and announces them with `listening on dns-udp ADDR` and
