@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -370,6 +371,70 @@ async fn a_relay_that_pauses_is_doubted_not_dropped() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let said = paused.relay.proc.log.lines().join("\n");
     ensure!(!said.contains("tunnel refused"), "the relay said:\n{said}");
+    Ok(())
+}
+
+/// A relay that acknowledged a tunnel and then died may already have passed it on: the tunnel
+/// fails, saying why it was not replayed, and the service sees its bytes once, not twice. The
+/// uplinks are 300 ms away, so the dead relay's stream is still on its way to the control
+/// plane when the relay dies, and reaches the service after its death.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_the_dead_relay_had_taken_is_not_replayed() -> Result<()> {
+    let firsts = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let recorded = firsts.clone();
+    // Echoes, and keeps the first bytes of every connection.
+    let backend = serve(move |mut stream| {
+        let recorded = recorded.clone();
+        async move {
+            let mut buf = vec![0u8; 64];
+            let Ok(n) = stream.read(&mut buf).await else {
+                return;
+            };
+            recorded.lock().unwrap().push(buf[..n].to_vec());
+            let _ = stream.write_all(&buf[..n]).await;
+            let (mut r, mut w) = stream.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    })
+    .await?;
+    let mut net = Net::start(vec![Service::tcp("echo", backend.addr)]).await?;
+    let near = Props::delay(Duration::ZERO);
+    let uplink = Duration::from_millis(300);
+    let a = distant(&mut net, near, uplink, RelayOpts::default()).await?;
+    let b = distant(&mut net, near, uplink, RelayOpts::default()).await?;
+    let (forward, local) = forward_echo(&net, &a).await?;
+    echo_through(local, Duration::from_secs(5)).await?;
+    let line = forward.log.wait_for("tunnel open", SHORT).await?;
+    let mut chosen = match line.contains(&format!("relay={}", a.relay.name)) {
+        true => a,
+        false => b,
+    };
+
+    let mut tunnel = TcpStream::connect(local).await?;
+    tunnel.write_all(b"once\n").await?;
+    // The relay acknowledges within its ack delay, and its uplink stream leaves at once.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    chosen.relay.proc.kill().await?;
+
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), tunnel.read(&mut buf))
+        .await
+        .context("the tunnel through the dead relay neither echoed nor ended")?;
+    ensure!(
+        matches!(ended, Ok(0) | Err(_)),
+        "the tunnel echoed {ended:?}: it was replayed"
+    );
+    forward.log.wait_for("not replayed", SHORT).await?;
+    let onces = firsts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|first| first.as_slice() == b"once\n")
+        .count();
+    ensure!(
+        onces == 1,
+        "the service saw the tunnel's bytes {onces} times"
+    );
     Ok(())
 }
 
