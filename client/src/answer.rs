@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use sat_transport::io::{rejection, Prefixed};
+use sat_transport::splice::REFUSAL_GRACE;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::warn;
@@ -28,8 +29,6 @@ use crate::{ClientError, Route, Transport};
 const REPLAY_LIMIT: usize = 64 * 1024;
 /// How often a tunnel awaiting its answer looks at whether its relay went silent.
 const WATCH_EVERY: Duration = Duration::from_millis(25);
-/// After a write failed, how long the answer (most likely a refusal) gets to arrive.
-const AFTER_WRITE_FAILED: Duration = Duration::from_secs(1);
 /// How many relays a tunnel tries before it gives up.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -76,7 +75,7 @@ where
                     stream
                         .write_all(chunk)
                         .await
-                        .map_err(|e| io_err(service, e))?;
+                        .map_err(|e| ClientError::io(service, e))?;
                 }
                 return Ok((Answered::Tls(stream), relay));
             }
@@ -117,7 +116,7 @@ where
                     true => format!("{why}, after it had the tunnel (not replayed: the service may have seen its bytes)"),
                     false => format!("{why}, and {MAX_ATTEMPTS} relays were tried"),
                 };
-                return Err(io_err(
+                return Err(ClientError::io(
                     service,
                     std::io::Error::other(format!("relay {relay} did not answer: {why}")),
                 ));
@@ -200,7 +199,7 @@ impl Tunnel<'_> {
                         }
                     }
                     // The local side is gone; nobody is left to answer.
-                    Err(e) => return Err(Unanswered::Final(io_err(service, e))),
+                    Err(e) => return Err(Unanswered::Final(ClientError::io(service, e))),
                 },
                 _ = tick.tick() => {
                     let limit = ack_limit(self.conn.rtt());
@@ -212,19 +211,12 @@ impl Tunnel<'_> {
                         return Err(Unanswered::Lost("it went silent".into()));
                     }
                     if let Some((at, why)) = &write_failed {
-                        if at.elapsed() > AFTER_WRITE_FAILED {
+                        if at.elapsed() > REFUSAL_GRACE {
                             return Err(Unanswered::Lost(why.clone()));
                         }
                     }
                 }
             }
         }
-    }
-}
-
-fn io_err(service: &str, source: std::io::Error) -> ClientError {
-    ClientError::Io {
-        service: service.into(),
-        source,
     }
 }

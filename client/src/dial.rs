@@ -91,10 +91,8 @@ impl Dialer {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let mut endpoint = tls::client_endpoint(bind).map_err(|source| ClientError::Io {
-            service: String::new(),
-            source,
-        })?;
+        let mut endpoint =
+            tls::client_endpoint(bind).map_err(|source| ClientError::io("", source))?;
         let limits = QuicLimits {
             keep_alive: PING_EVERY,
             ..QuicLimits::CLIENT
@@ -127,10 +125,7 @@ impl Dialer {
         };
         let mut buf = BytesMut::new();
         header.encode(&mut buf);
-        let io_err = |source| ClientError::Io {
-            service: service.into(),
-            source,
-        };
+        let io_err = |source| ClientError::io(service, source);
 
         if let Some(conn) = self.live_connection() {
             if let Ok((mut send, recv)) = conn.open_bi().await {

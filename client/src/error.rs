@@ -48,3 +48,13 @@ pub enum ClientError {
         source: std::io::Error,
     },
 }
+
+impl ClientError {
+    /// [`ClientError::Io`] for a tunnel to `service`.
+    pub(crate) fn io(service: &str, source: std::io::Error) -> Self {
+        Self::Io {
+            service: service.into(),
+            source,
+        }
+    }
+}

@@ -68,10 +68,7 @@ fn classify(service: &str, e: std::io::Error) -> ClientError {
             code: r.code,
             message: r.message.clone(),
         },
-        None => ClientError::Io {
-            service: service.into(),
-            source: e,
-        },
+        None => ClientError::io(service, e),
     }
 }
 

@@ -27,8 +27,9 @@ const CHUNK: usize = 64 * 1024;
 /// The QUIC error code we send with RESET_STREAM / STOP_SENDING when the other side aborted.
 pub const ABORTED: VarInt = VarInt::from_u32(1);
 
-/// How long a failed upward direction waits for the downward one to bring the peer's refusal.
-const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+/// How long, after a write to a stream we opened failed, its answer (most likely a refusal)
+/// still gets to arrive.
+pub const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// Bytes moved in each direction, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

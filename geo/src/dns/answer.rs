@@ -489,7 +489,7 @@ fn client_network(ecs: Option<&ClientSubnet>, src: IpAddr) -> Option<Network> {
     let addr = ecs.map_or(src, ClientSubnet::addr);
     let network = Network::containing(addr);
     match ecs {
-        Some(ecs) if ecs.source_prefix() < network_scope(addr) => None,
+        Some(ecs) if ecs.source_prefix() < network.prefix_len() + mapped_offset(addr) => None,
         _ => Some(network),
     }
 }
