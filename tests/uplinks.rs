@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use common::delay::{DelayProxy, Props};
 use common::udp_proxy::UdpProxy;
 use common::*;
 use sha2::{Digest, Sha256};
@@ -175,4 +176,65 @@ async fn losing_one_uplink_spares_the_streams_on_the_other() -> Result<()> {
             .with_context(|| format!("tunnel {i} after uplink 1 reconnected"))?;
     }
     Ok(())
+}
+
+/// A stream whose uplink dies after the control plane may have passed its bytes on is not sent
+/// again on the other uplink: the service sees its bytes once, and the relay says why. Uplink 1
+/// is 300 ms up and 500 ms down. Cut just after the stream went out, it still carries the stream
+/// to the control plane (and so to the service), and the replies already on their way down
+/// still reach the relay; the answer never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_lost_uplink_may_have_delivered_is_not_sent_again() -> Result<()> {
+    let (backend, firsts) = recording_echo().await?;
+    let mut net = Net::start(vec![Service::tcp("echo", backend.addr)]).await?;
+    let far = Props {
+        up: Duration::from_millis(300),
+        down: Duration::from_millis(500),
+        ..Props::default()
+    };
+    let far = DelayProxy::udp("127.0.0.1:0".parse()?, net.control_addr, far).await?;
+    let relay = net
+        .relay(RelayOpts {
+            uplinks: 2,
+            control: vec![net.control_addr, far.addr()],
+            tcp: vec!["echo".into()],
+            ..Default::default()
+        })
+        .await?;
+    let log = &relay.proc.log;
+    log.wait_for("uplink 0 connected", STARTUP).await?;
+    log.wait_for("uplink 1 connected", STARTUP).await?;
+    let port = relay.tcp_port("echo")?;
+
+    // New streams take the uplinks in turn: after a quick echo (uplink 0's), the next tunnel
+    // goes through uplink 1.
+    for i in 0.. {
+        ensure!(
+            i < 4,
+            "no tunnel echoed quickly, as through the direct uplink"
+        );
+        let mut probe = connect(port).await?;
+        let started = Instant::now();
+        round_trip(&mut probe, b"probe", Duration::from_secs(5)).await?;
+        if started.elapsed() < Duration::from_millis(300) {
+            break;
+        }
+    }
+    let mut tunnel = connect(port).await?;
+    tunnel.write_all(b"once\n").await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    far.link().partition();
+
+    ends_unechoed(&mut tunnel)
+        .await
+        .context("the tunnel on the lost uplink")?;
+    log.wait_for("were not sent again", SHORT).await?;
+    let onces = seen(&firsts, b"once\n");
+    ensure!(
+        onces == 1,
+        "the service saw the tunnel's bytes {onces} times"
+    );
+    // The other uplink carries new tunnels as before.
+    let mut fresh = connect(port).await?;
+    round_trip(&mut fresh, b"after", SHORT).await
 }

@@ -3,11 +3,12 @@
 //!
 //! This is also where a dead relay is noticed: a live relay acknowledges what it receives within
 //! its ack delay (25 ms) and a round trip. If nothing at all comes back within
-//! [`ack_limit`](crate::dial::ack_limit), the connection is doubted (new tunnels go elsewhere
+//! [`ack_limit`], the connection is doubted (new tunnels go elsewhere
 //! until it is heard from again) and the tunnel is opened again through the next relay, with a
-//! copy of what was sent before the answer (at most [`REPLAY_LIMIT`]). Since the relay sent
-//! nothing after the tunnel went out, it had not passed the tunnel on, short of dying in the
-//! moment between receiving and acknowledging, so the replay delivers nothing twice. A relay
+//! copy of what was sent before the answer (at most [`sat_transport::ahead::LIMIT`]). Since
+//! the relay sent nothing after the tunnel went out, it had not passed the tunnel on, short of
+//! dying in the moment between receiving and acknowledging, so the replay delivers nothing
+//! twice. A relay
 //! that was heard from and then died (or reset the stream) may have passed the bytes on;
 //! such a tunnel fails rather than risk delivering them twice.
 
@@ -15,18 +16,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
+use sat_transport::ahead::SentAhead;
 use sat_transport::io::{rejection, Prefixed};
 use sat_transport::splice::REFUSAL_GRACE;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::dial::ack_limit;
 use crate::{ClientError, Route, Transport};
 
-/// The most a tunnel sends before its answer. Past it, local reads wait for the answer, so a
-/// replay never holds more than this.
-const REPLAY_LIMIT: usize = 64 * 1024;
 /// How often a tunnel awaiting its answer looks at whether its relay went silent.
 const WATCH_EVERY: Duration = Duration::from_millis(25);
 /// How many relays a tunnel tries before it gives up.
@@ -64,14 +63,14 @@ pub async fn open_answered<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let mut sent = Sent::default();
+    let mut sent = SentAhead::default();
     let mut attempt = 1;
     loop {
         let (transport, relay) = route.open(service).await?;
         let (mut send, mut recv, conn) = match transport {
             Transport::Quic { send, recv, conn } => (send, recv, conn),
             Transport::Tls(mut stream) => {
-                for chunk in &sent.chunks {
+                for chunk in sent.chunks() {
                     stream
                         .write_all(chunk)
                         .await
@@ -105,7 +104,7 @@ where
             Err(Unanswered::Lost(why))
                 if attempt < MAX_ATTEMPTS && conn.stats().udp_rx.datagrams == heard =>
             {
-                warn!(%relay, bytes = sent.len, "the relay did not answer ({why}); opening the tunnel again through the next relay");
+                warn!(%relay, bytes = sent.len(), "the relay did not answer ({why}); opening the tunnel again through the next relay");
                 let _ = send.reset(sat_transport::splice::ABORTED);
                 attempt += 1;
             }
@@ -125,17 +124,8 @@ where
     }
 }
 
-/// What a tunnel sent before its answer, kept for a replay.
-#[derive(Default)]
-struct Sent {
-    chunks: Vec<Bytes>,
-    len: usize,
-    /// The local side ended its input.
-    ended: bool,
-}
-
-async fn replay(send: &mut SendStream, sent: &Sent) -> Result<(), quinn::WriteError> {
-    for chunk in &sent.chunks {
+async fn replay(send: &mut SendStream, sent: &SentAhead) -> Result<(), quinn::WriteError> {
+    for chunk in sent.chunks() {
         send.write_chunk(chunk.clone()).await?;
     }
     Ok(())
@@ -159,7 +149,7 @@ impl Tunnel<'_> {
         send: &mut SendStream,
         recv: &mut RecvStream,
         local: &mut R,
-        sent: &mut Sent,
+        sent: &mut SentAhead,
     ) -> Result<Bytes, Unanswered>
     where
         R: AsyncRead + Unpin,
@@ -170,10 +160,7 @@ impl Tunnel<'_> {
         let mut write_failed: Option<(Instant, String)> = None;
         let service = self.service;
         loop {
-            let reading = !sent.ended && write_failed.is_none() && sent.len < REPLAY_LIMIT;
-            if reading {
-                buf.reserve(16 * 1024);
-            }
+            let reading = write_failed.is_none() && sent.wants_more();
             tokio::select! {
                 answered = answer.answer() => return match answered {
                     Ok(()) => Ok(answer.into_pending()),
@@ -186,13 +173,10 @@ impl Tunnel<'_> {
                         None => Unanswered::Lost(e.to_string()),
                     }),
                 },
-                read = local.read_buf(&mut buf), if reading => match read {
-                    Ok(0) => sent.ended = true,
-                    Ok(_) => {
-                        let chunk = buf.split().freeze();
-                        sent.len += chunk.len();
-                        sent.chunks.push(chunk.clone());
-                        // Within the stream's flow-control window (far above REPLAY_LIMIT), so
+                read = sent.read_from(local, &mut buf), if reading => match read {
+                    Ok(None) => {}
+                    Ok(Some(chunk)) => {
+                        // Within the stream's flow-control window (far above the limit), so
                         // this does not wait on the relay.
                         if let Err(e) = send.write_chunk(chunk).await {
                             write_failed = Some((Instant::now(), e.to_string()));

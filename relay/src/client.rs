@@ -1,8 +1,8 @@
 //! Tunnels from `sat connect` / `sat forward`: over QUIC (ALPN `sat-client/1`, one stream per
 //! tunnel), or over one TLS connection per tunnel where UDP is blocked. Either way the relay
 //! reads the client's header, opens a stream to the control plane with the bytes that came
-//! with it, waits for the answer (moving to another uplink if this one dies first), passes the
-//! answer on, and splices.
+//! with it, waits for the answer while passing on what the client sends meanwhile (moving to
+//! another uplink if this one dies first), passes the answer on, and splices.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::pool::Answered;
+use crate::pool::{Answered, OpenError};
 use crate::relay::Relay;
 use crate::routes::unix_now;
 
@@ -88,9 +88,14 @@ async fn quic_tunnel(
         Err(e) => return refuse_quic(&mut send, RejectCode::BadHeader, e.to_string()).await,
     };
     let _guard = relay.stream_guard();
-    let mut up = match open_upstream(&relay, &hello, peer, first).await {
+    let mut up = match open_upstream(&relay, &hello, peer, first, &mut recv).await {
         Ok(up) => up,
-        Err((code, msg)) => return refuse_quic(&mut send, code, msg).await,
+        Err(e) => {
+            if let Some((code, msg)) = refusal(e, &relay.name) {
+                refuse_quic(&mut send, code, msg).await;
+            }
+            return;
+        }
     };
     if send.write_all(&accepted(&up.leftover)).await.is_err() {
         return;
@@ -115,9 +120,14 @@ where
         Err(e) => return refuse_io(&mut w, RejectCode::BadHeader, e.to_string()).await,
     };
     let _guard = relay.stream_guard();
-    let mut up = match open_upstream(&relay, &hello, peer, first).await {
+    let mut up = match open_upstream(&relay, &hello, peer, first, &mut r).await {
         Ok(up) => up,
-        Err((code, msg)) => return refuse_io(&mut w, code, msg).await,
+        Err(e) => {
+            if let Some((code, msg)) = refusal(e, &relay.name) {
+                refuse_io(&mut w, code, msg).await;
+            }
+            return;
+        }
     };
     if w.write_all(&accepted(&up.leftover)).await.is_err() {
         return;
@@ -128,15 +138,19 @@ where
 
 /// Checks the service and the client's access token against the pushed config, opens the
 /// service's stream to the control plane with the client's `first` bytes, and waits for the
-/// answer.
-async fn open_upstream(
+/// answer, passing on what `client` sends meanwhile.
+async fn open_upstream<R>(
     relay: &Relay,
     hello: &ClientHeader,
     peer: SocketAddr,
     first: Bytes,
-) -> Result<Answered, (RejectCode, String)> {
+    client: &mut R,
+) -> Result<Answered, OpenError>
+where
+    R: AsyncRead + Unpin,
+{
     let service = &hello.service;
-    let routes = relay.routes().ok_or((
+    let routes = relay.routes().ok_or(OpenError::refused(
         RejectCode::NoUplink,
         format!(
             "relay {} has no configuration from the control plane yet; retry shortly",
@@ -146,7 +160,7 @@ async fn open_upstream(
     match routes.kind(service) {
         Some(StreamKind::Tcp) => {}
         Some(StreamKind::Http) => {
-            return Err((
+            return Err(OpenError::refused(
                 RejectCode::WrongKind,
                 format!(
                     "service \"{service}\" is an HTTP service; open it in a browser or with curl"
@@ -154,7 +168,7 @@ async fn open_upstream(
             ))
         }
         None => {
-            return Err((
+            return Err(OpenError::refused(
                 RejectCode::UnknownService,
                 format!("unknown service \"{service}\""),
             ))
@@ -162,18 +176,25 @@ async fn open_upstream(
     }
     routes
         .authorize(service, Some(&hello.token), unix_now())
-        .map_err(|e| (RejectCode::Unauthorized, e.to_string()))?;
+        .map_err(|e| OpenError::refused(RejectCode::Unauthorized, e.to_string()))?;
     let header = StreamHeader {
         kind: StreamKind::Tcp,
         service: service.clone(),
         user_addr: peer,
         identity: String::new(),
     };
-    relay
-        .uplinks
-        .open_answered(&header, first)
-        .await
-        .map_err(|e| e.into_refusal(&relay.name))
+    relay.uplinks.open_answered(&header, first, client).await
+}
+
+/// What to tell a client whose tunnel could not be opened; nothing when it is already gone.
+fn refusal(e: OpenError, relay: &str) -> Option<(RejectCode, String)> {
+    match e {
+        OpenError::UserGone(e) => {
+            debug!("the client gave a tunnel up before its answer: {e}");
+            None
+        }
+        e => Some(e.into_refusal(relay)),
+    }
 }
 
 /// The acceptance to pass on to the client, with what followed it.

@@ -13,7 +13,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
@@ -158,14 +157,10 @@ async fn route(
     let mut body = Some(body.boxed());
     let mut tried = 0u64;
     let mut resp = loop {
-        let (i, conn, send, recv) = relay
-            .uplinks
-            .open(&header, &Bytes::new(), &mut tried)
-            .await
-            .ok_or((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "relay has no uplink to the control plane; retry shortly".to_string(),
-            ))?;
+        let (i, conn, send, recv) = relay.uplinks.open(&header, &[], &mut tried).await.ok_or((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay has no uplink to the control plane; retry shortly".to_string(),
+        ))?;
         let io = TokioIo::new(QuicIo::awaiting_answer(send, recv));
         let (mut sender, conn_task) = hyper::client::conn::http1::handshake::<_, Body>(io)
             .await

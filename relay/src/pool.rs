@@ -12,8 +12,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
 use sat_proto::stream::{RejectCode, StreamHeader};
+use sat_transport::ahead::SentAhead;
 use sat_transport::io::Rejected;
 use sat_transport::splice::{self, SpliceError};
+use tokio::io::AsyncRead;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -49,6 +51,10 @@ pub enum OpenError {
     Rejected(Rejected),
     /// No uplink is alive, or every one failed.
     NoUplink,
+    /// Reading the user failed before the answer: the user gave the stream up.
+    UserGone(std::io::Error),
+    /// The uplink failed after the control plane may have passed the user's bytes on.
+    MaybeDelivered,
 }
 
 /// A stream the control plane accepted; `leftover` arrived behind its answer.
@@ -146,16 +152,19 @@ impl Uplinks {
     }
 
     /// Opens a stream on the next usable uplink (not one in `tried`) and sends `header` and
-    /// `early` on it. Returns the uplink's index with the stream.
+    /// the `early` bytes on it. Returns the uplink's index with the stream.
     pub async fn open(
         &self,
         header: &StreamHeader,
-        early: &Bytes,
+        early: &[Bytes],
         tried: &mut u64,
     ) -> Option<(usize, Connection, SendStream, RecvStream)> {
-        let mut buf = BytesMut::with_capacity(64 + early.len());
+        let len: usize = early.iter().map(Bytes::len).sum();
+        let mut buf = BytesMut::with_capacity(64 + len);
         header.encode(&mut buf);
-        buf.extend_from_slice(early);
+        for chunk in early {
+            buf.extend_from_slice(chunk);
+        }
         while let Some((i, conn)) = self.pick(*tried) {
             *tried |= 1 << i;
             match tokio::time::timeout(OPEN_TIMEOUT, conn.open_bi()).await {
@@ -172,32 +181,117 @@ impl Uplinks {
     }
 
     /// Opens a stream, sends `header` and the user's `early` bytes, and waits for the control
-    /// plane's answer. If the uplink goes silent first, the same bytes go out again on another
-    /// uplink: nothing else has been sent, so the replay is safe.
-    pub async fn open_answered(
+    /// plane's answer, passing on what `user` sends meanwhile (see [`sat_transport::ahead`]),
+    /// so that a client-first protocol's first request costs no extra round trip to the
+    /// control plane.
+    ///
+    /// If the uplink goes silent first, the header and everything sent so far go out again on
+    /// another uplink, when that cannot deliver the user's bytes twice: none were sent, or
+    /// nothing at all came back on the uplink after the stream went out (a control plane that
+    /// received the stream acknowledges it within its ack delay). Otherwise the stream fails
+    /// with [`OpenError::MaybeDelivered`], as a client's tunnel does in the same case.
+    pub async fn open_answered<R>(
         &self,
         header: &StreamHeader,
         early: Bytes,
-    ) -> Result<Answered, OpenError> {
+        user: &mut R,
+    ) -> Result<Answered, OpenError>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let mut sent = SentAhead::new(early);
         let mut tried = 0u64;
         loop {
             let (i, conn, mut send, mut recv) = self
-                .open(header, &early, &mut tried)
+                .open(header, sent.chunks(), &mut tried)
                 .await
                 .ok_or(OpenError::NoUplink)?;
-            tokio::select! {
-                answer = splice::read_answer(&mut recv) => match answer {
-                    Ok(leftover) => return Ok(Answered { send, recv, leftover }),
-                    Err(SpliceError::Rejected(r)) => return Err(OpenError::Rejected(r)),
-                    Err(e) => debug!(uplink = i, "stream failed before its answer: {e}"),
-                },
-                () = self.gone_quiet(i, &conn) => {
-                    info!(uplink = i, "uplink {i} went silent before answering; retrying on another");
+            let heard = conn.stats().udp_rx.datagrams;
+            match self
+                .await_answer(i, &conn, (&mut send, &mut recv), user, &mut sent)
+                .await
+            {
+                Ok(leftover) => {
+                    return Ok(Answered {
+                        send,
+                        recv,
+                        leftover,
+                    })
+                }
+                Err(Unanswered::Rejected(r)) => return Err(OpenError::Rejected(r)),
+                Err(Unanswered::UserGone(e)) => {
                     let _ = send.reset(splice::ABORTED);
+                    return Err(OpenError::UserGone(e));
+                }
+                Err(Unanswered::Lost(why)) => {
+                    let _ = send.reset(splice::ABORTED);
+                    if !sent.is_empty() && conn.stats().udp_rx.datagrams != heard {
+                        info!(
+                            uplink = i,
+                            bytes = sent.len(),
+                            "{why} before answering, after it had the stream"
+                        );
+                        return Err(OpenError::MaybeDelivered);
+                    }
+                    info!(
+                        uplink = i,
+                        bytes = sent.len(),
+                        "{why} before answering; sending the stream again on another uplink"
+                    );
                 }
             }
         }
     }
+
+    /// Waits on uplink `i` for the answer to the stream `(send, recv)`, passing on (and
+    /// keeping) what `user` sends, up to [`sat_transport::ahead::LIMIT`].
+    async fn await_answer<R>(
+        &self,
+        i: usize,
+        conn: &Connection,
+        (send, recv): (&mut SendStream, &mut RecvStream),
+        user: &mut R,
+        sent: &mut SentAhead,
+    ) -> Result<Bytes, Unanswered>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let answer = splice::read_answer(recv);
+        let quiet = self.gone_quiet(i, conn);
+        tokio::pin!(answer, quiet);
+        let mut buf = BytesMut::new();
+        // A failed write (the control plane stopped the stream) stops the reads; its answer,
+        // or the uplink's silence, still decides.
+        let mut writable = true;
+        loop {
+            let reading = writable && sent.wants_more();
+            tokio::select! {
+                answer = &mut answer => return match answer {
+                    Ok(leftover) => Ok(leftover),
+                    Err(SpliceError::Rejected(r)) => Err(Unanswered::Rejected(r)),
+                    Err(e) => Err(Unanswered::Lost(format!("the stream failed: {e}"))),
+                },
+                () = &mut quiet => return Err(Unanswered::Lost(format!("uplink {i} went silent"))),
+                read = sent.read_from(user, &mut buf), if reading => match read {
+                    Ok(None) => {}
+                    // Within the stream's flow-control window (far above the limit), so this
+                    // does not wait on the control plane.
+                    Ok(Some(chunk)) => writable = send.write_chunk(chunk).await.is_ok(),
+                    Err(e) => return Err(Unanswered::UserGone(e)),
+                },
+            }
+        }
+    }
+}
+
+/// How waiting for an answer ended, short of one.
+enum Unanswered {
+    /// The control plane refused the stream.
+    Rejected(Rejected),
+    /// The uplink went silent or the stream failed (why): worth another uplink.
+    Lost(String),
+    /// Reading the user failed: nobody is left to answer.
+    UserGone(std::io::Error),
 }
 
 impl OpenError {
@@ -209,6 +303,20 @@ impl OpenError {
                 RejectCode::NoUplink,
                 format!("relay {relay} has no uplink to the control plane; retry shortly"),
             ),
+            Self::UserGone(e) => (RejectCode::Internal, format!("the user went away: {e}")),
+            Self::MaybeDelivered => (
+                RejectCode::NoUplink,
+                format!(
+                    "relay {relay} lost its uplink to the control plane before the answer; the \
+                     service may have seen this tunnel's bytes, so they were not sent again — \
+                     open the tunnel again"
+                ),
+            ),
         }
+    }
+
+    /// A refusal of the relay's own, before any uplink is asked.
+    pub fn refused(code: RejectCode, message: String) -> Self {
+        Self::Rejected(Rejected { code, message })
     }
 }

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::pool::Answered;
+use crate::pool::{Answered, OpenError};
 use crate::relay::Relay;
 
 pub async fn serve(
@@ -58,7 +58,7 @@ pub async fn serve(
     }
 }
 
-async fn tunnel(tcp: TcpStream, service: String, relay: Arc<Relay>) {
+async fn tunnel(mut tcp: TcpStream, service: String, relay: Arc<Relay>) {
     let _ = tcp.set_nodelay(true);
     let Ok(peer) = tcp.peer_addr() else { return };
     let routes = relay.routes();
@@ -73,14 +73,17 @@ async fn tunnel(tcp: TcpStream, service: String, relay: Arc<Relay>) {
         identity: String::new(),
     };
     let _guard = relay.stream_guard();
-    // The user's bytes wait in the socket until the control plane has answered, so that the
-    // stream can move to another uplink if this one dies first.
     let Answered {
         mut send,
         mut recv,
         leftover,
-    } = match relay.uplinks.open_answered(&header, Bytes::new()).await {
+    } = match relay
+        .uplinks
+        .open_answered(&header, Bytes::new(), &mut tcp)
+        .await
+    {
         Ok(answered) => answered,
+        Err(OpenError::UserGone(e)) => return debug!("the user left before the answer: {e}"),
         Err(e) => {
             let (_, message) = e.into_refusal(&relay.name);
             return info!("refused: {message}");

@@ -1061,6 +1061,58 @@ pub async fn echo_backend() -> Result<Backend> {
     .await
 }
 
+/// First reads seen by a [`recording_echo`], one per connection.
+pub type Firsts = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// Echoes, and keeps the first read of every connection: to count how often a tunnel's bytes
+/// reached the service.
+pub async fn recording_echo() -> Result<(Backend, Firsts)> {
+    let firsts = Firsts::default();
+    let recorded = firsts.clone();
+    let backend = serve(move |mut stream| {
+        let recorded = recorded.clone();
+        async move {
+            let mut buf = vec![0u8; 64];
+            let Ok(n) = stream.read(&mut buf).await else {
+                return;
+            };
+            recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(buf[..n].to_vec());
+            let _ = stream.write_all(&buf[..n]).await;
+            let (mut r, mut w) = stream.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    })
+    .await?;
+    Ok((backend, firsts))
+}
+
+/// How many connections to `firsts`' service began with `bytes`.
+pub fn seen(firsts: &Firsts, bytes: &[u8]) -> usize {
+    firsts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|first| first.as_slice() == bytes)
+        .count()
+}
+
+/// Waits (10 s at most) for `tunnel` to end without echoing: a tunnel whose bytes must not
+/// have been sent a second time.
+pub async fn ends_unechoed(tunnel: &mut TcpStream) -> Result<()> {
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(SHORT, tunnel.read(&mut buf))
+        .await
+        .context("the tunnel neither echoed nor ended")?;
+    anyhow::ensure!(
+        matches!(ended, Ok(0) | Err(_)),
+        "the tunnel echoed {ended:?}: its bytes were sent again"
+    );
+    Ok(())
+}
+
 /// Reads until EOF, then answers the hex sha256 of what it read and closes: an answer that can
 /// only come after a half-close went through.
 pub async fn sha_backend() -> Result<Backend> {

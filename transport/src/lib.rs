@@ -12,7 +12,9 @@
 //! - [`files`]: keys and certificates written whole, with their mode from the start.
 //! - [`header`]: reading a stream header or answer off a QUIC stream, bounded and timed.
 //! - [`routing`]: the pushed relay map in geo routing's types, for ranking and geo DNS.
+//! - [`ahead`]: the bytes a stream sends ahead of its answer, kept to send again elsewhere.
 
+pub mod ahead;
 mod error;
 pub mod files;
 pub mod header;
