@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -78,7 +79,10 @@ async fn half_close_reaches_the_backend_and_the_answer_comes_back() -> Result<()
 }
 
 /// A backend that aborts its connection (RST) makes the relay abort the user's connection too,
-/// rather than close it cleanly as if the data were complete.
+/// rather than close it cleanly as if the data were complete: through a relay TCP port and
+/// through `sat forward`. The backend resets as soon as the user's first bytes arrive, and those
+/// go out before the control plane's answer, so the reset often overtakes the answer; ten
+/// connections each way take both orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_reset_reaches_the_client_as_a_reset() -> Result<()> {
     let rst = reset_backend().await?;
@@ -89,8 +93,22 @@ async fn backend_reset_reaches_the_client_as_a_reset() -> Result<()> {
             ..Default::default()
         })
         .await?;
+    let (_forward, local) = sat_forward(relay.https()?, net.ca(), "rst").await?;
+    for (way, addr) in [
+        ("relay tcp port", relay.tcp_port("rst")?),
+        ("sat forward", local),
+    ] {
+        for i in 0..10 {
+            let stream = connect(addr).await?;
+            ends_in_a_reset(stream)
+                .await
+                .with_context(|| format!("connection {i} through the {way}"))?;
+        }
+    }
+    Ok(())
+}
 
-    let mut stream = connect(relay.tcp_port("rst")?).await?;
+async fn ends_in_a_reset(mut stream: TcpStream) -> Result<()> {
     stream.write_all(b"hello").await?;
     let mut buf = [0u8; 1024];
     let outcome = tokio::time::timeout(SHORT, async {
@@ -104,7 +122,6 @@ async fn backend_reset_reaches_the_client_as_a_reset() -> Result<()> {
     })
     .await
     .context("the client's connection stayed open after the backend reset")?;
-
     match outcome {
         Ok(()) => anyhow::bail!("the client saw a clean EOF; the backend's reset was lost"),
         Err(e) => ensure!(

@@ -170,6 +170,15 @@ impl Tunnel<'_> {
                             code: r.code,
                             message: r.message.clone(),
                         }),
+                        // The relay reset the stream on purpose: the service aborted the
+                        // connection at once, and the reset overtook the answer.
+                        None if is_stream_reset(&e) => Unanswered::Final(ClientError::io(
+                            service,
+                            std::io::Error::new(
+                                std::io::ErrorKind::ConnectionReset,
+                                "the service reset the connection",
+                            ),
+                        )),
                         None => Unanswered::Lost(e.to_string()),
                     }),
                 },
@@ -203,4 +212,11 @@ impl Tunnel<'_> {
             }
         }
     }
+}
+
+/// Whether `e` is quinn's: the peer reset the stream.
+fn is_stream_reset(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+        .is_some_and(|read| matches!(read, quinn::ReadError::Reset(_)))
 }

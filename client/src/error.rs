@@ -57,4 +57,9 @@ impl ClientError {
             source,
         }
     }
+
+    /// The far side (the service, through the control plane and the relay) reset the tunnel.
+    pub(crate) fn is_reset(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionReset)
+    }
 }

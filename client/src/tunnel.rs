@@ -107,7 +107,16 @@ pub async fn forward(
 
 async fn forward_one(route: &Route, mut tcp: TcpStream, service: &str) -> Result<(), ClientError> {
     let _ = tcp.set_nodelay(true);
-    let (answered, relay) = open_answered(route, service, &mut tcp).await?;
+    let (answered, relay) = match open_answered(route, service, &mut tcp).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            if e.is_reset() {
+                // Linger 0 turns the close into a RST, as the service's own was.
+                let _ = tcp.set_zero_linger();
+            }
+            return Err(e);
+        }
+    };
     debug!(%relay, "tunnel open");
     match answered {
         Answered::Quic {

@@ -35,6 +35,10 @@ pub async fn serve_quic(incoming: quinn::Incoming, relay: Arc<Relay>, stop: Canc
     let tunnels = TaskTracker::new();
     loop {
         let (send, recv) = tokio::select! {
+            // The drain first: a stream that arrives once the relay is draining is refused
+            // below, never carried, even when both are ready at once.
+            biased;
+            () = stop.cancelled() => break,
             accepted = conn.accept_bi() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -42,7 +46,6 @@ pub async fn serve_quic(incoming: quinn::Incoming, relay: Arc<Relay>, stop: Canc
                     break;
                 }
             },
-            () = stop.cancelled() => break,
         };
         let span = info_span!("tunnel", %peer, via = "quic");
         tunnels.spawn(quic_tunnel(send, recv, peer, relay.clone()).instrument(span));
@@ -90,6 +93,11 @@ async fn quic_tunnel(
     let _guard = relay.stream_guard();
     let mut up = match open_upstream(&relay, &hello, peer, first, &mut recv).await {
         Ok(up) => up,
+        Err(OpenError::Reset) => {
+            let _ = send.reset(splice::ABORTED);
+            let _ = recv.stop(splice::ABORTED);
+            return debug!("the service reset the tunnel before the answer");
+        }
         Err(e) => {
             if let Some((code, msg)) = refusal(e, &relay.name) {
                 refuse_quic(&mut send, code, msg).await;

@@ -55,6 +55,9 @@ pub enum OpenError {
     UserGone(std::io::Error),
     /// The uplink failed after the control plane may have passed the user's bytes on.
     MaybeDelivered,
+    /// The control plane reset the stream before its answer could be read (the service aborted
+    /// the connection at once): the user's side is to be reset too.
+    Reset,
 }
 
 /// A stream the control plane accepted; `leftover` arrived behind its answer.
@@ -219,6 +222,10 @@ impl Uplinks {
                     })
                 }
                 Err(Unanswered::Rejected(r)) => return Err(OpenError::Rejected(r)),
+                Err(Unanswered::Reset) => {
+                    let _ = recv.stop(splice::ABORTED);
+                    return Err(OpenError::Reset);
+                }
                 Err(Unanswered::UserGone(e)) => {
                     let _ = send.reset(splice::ABORTED);
                     return Err(OpenError::UserGone(e));
@@ -269,6 +276,7 @@ impl Uplinks {
                 answer = &mut answer => return match answer {
                     Ok(leftover) => Ok(leftover),
                     Err(SpliceError::Rejected(r)) => Err(Unanswered::Rejected(r)),
+                    Err(SpliceError::QuicReset(_)) => Err(Unanswered::Reset),
                     Err(e) => Err(Unanswered::Lost(format!("the stream failed: {e}"))),
                 },
                 () = &mut quiet => return Err(Unanswered::Lost(format!("uplink {i} went silent"))),
@@ -288,6 +296,8 @@ impl Uplinks {
 enum Unanswered {
     /// The control plane refused the stream.
     Rejected(Rejected),
+    /// The control plane reset the stream: the service aborted the connection.
+    Reset,
     /// The uplink went silent or the stream failed (why): worth another uplink.
     Lost(String),
     /// Reading the user failed: nobody is left to answer.
@@ -304,6 +314,10 @@ impl OpenError {
                 format!("relay {relay} has no uplink to the control plane; retry shortly"),
             ),
             Self::UserGone(e) => (RejectCode::Internal, format!("the user went away: {e}")),
+            Self::Reset => (
+                RejectCode::BackendRefused,
+                "the service reset the connection".into(),
+            ),
             Self::MaybeDelivered => (
                 RejectCode::NoUplink,
                 format!(

@@ -84,6 +84,11 @@ async fn tunnel(mut tcp: TcpStream, service: String, relay: Arc<Relay>) {
     {
         Ok(answered) => answered,
         Err(OpenError::UserGone(e)) => return debug!("the user left before the answer: {e}"),
+        Err(OpenError::Reset) => {
+            // Linger 0 turns the close into a RST, as the service's own was.
+            let _ = tcp.set_zero_linger();
+            return debug!("the service reset the tunnel before the answer");
+        }
         Err(e) => {
             let (_, message) = e.into_refusal(&relay.name);
             return info!("refused: {message}");

@@ -265,14 +265,19 @@ pub async fn join_refusal_first<A, B, E>(
 }
 
 /// Reads the peer's answer off the front of `recv`; returns the bytes that followed it. A
-/// refusal is [`SpliceError::Rejected`].
+/// refusal is [`SpliceError::Rejected`]. A stream the peer reset before its answer could be read
+/// is [`SpliceError::QuicReset`]: a reset may overtake the answer (a backend that resets at once,
+/// say), since QUIC drops what a reset stream had not yet delivered.
 pub async fn read_answer(recv: &mut RecvStream) -> Result<Bytes, SpliceError> {
     let mut answered = Prefixed::awaiting_answer(&mut *recv);
     match answered.answer().await {
         Ok(()) => Ok(answered.into_pending()),
         Err(e) => match e.downcast::<Rejected>() {
             Ok(rejected) => Err(SpliceError::Rejected(rejected)),
-            Err(e) => Err(SpliceError::Local(e)),
+            Err(e) => Err(match e.downcast::<ReadError>() {
+                Ok(read) => read.into(),
+                Err(e) => SpliceError::Local(e),
+            }),
         },
     }
 }
