@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,15 +179,18 @@ async fn losing_one_uplink_spares_the_streams_on_the_other() -> Result<()> {
     Ok(())
 }
 
-/// A stream whose uplink dies after the control plane may have passed its bytes on is not sent
-/// again on the other uplink: the service sees its bytes once, and the relay says why. Uplink 1
-/// is 300 ms up and 500 ms down. Cut just after the stream went out, it still carries the stream
-/// to the control plane (and so to the service), and the replies already on their way down
-/// still reach the relay; the answer never does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_the_lost_uplink_may_have_delivered_is_not_sent_again() -> Result<()> {
-    let (backend, firsts) = recording_echo().await?;
-    let mut net = Net::start(vec![Service::tcp("echo", backend.addr)]).await?;
+/// A relay whose uplink 0 goes straight to the control plane and uplink 1 through `far`: 300 ms
+/// up and 500 ms down. Cut just after a stream went out on it, uplink 1 still carries the stream
+/// to the control plane (and so to the service), and the replies already on their way down still
+/// reach the relay; the answer never does.
+struct FarUplink {
+    relay: Relay,
+    far: DelayProxy,
+    _net: Net,
+}
+
+async fn far_uplink(service: Service, opts: RelayOpts) -> Result<FarUplink> {
+    let mut net = Net::start(vec![service]).await?;
     let far = Props {
         up: Duration::from_millis(300),
         down: Duration::from_millis(500),
@@ -197,38 +201,73 @@ async fn a_stream_the_lost_uplink_may_have_delivered_is_not_sent_again() -> Resu
         .relay(RelayOpts {
             uplinks: 2,
             control: vec![net.control_addr, far.addr()],
-            tcp: vec!["echo".into()],
-            ..Default::default()
+            ..opts
         })
         .await?;
-    let log = &relay.proc.log;
-    log.wait_for("uplink 0 connected", STARTUP).await?;
-    log.wait_for("uplink 1 connected", STARTUP).await?;
-    let port = relay.tcp_port("echo")?;
+    relay
+        .proc
+        .log
+        .wait_for("uplink 0 connected", STARTUP)
+        .await?;
+    relay
+        .proc
+        .log
+        .wait_for("uplink 1 connected", STARTUP)
+        .await?;
+    Ok(FarUplink {
+        relay,
+        far,
+        _net: net,
+    })
+}
 
-    // New streams take the uplinks in turn: after a quick echo (uplink 0's), the next tunnel
-    // goes through uplink 1.
-    for i in 0.. {
-        ensure!(
-            i < 4,
-            "no tunnel echoed quickly, as through the direct uplink"
-        );
-        let mut probe = connect(port).await?;
+/// New streams take the uplinks in turn: runs `probe` until one answers quickly (through uplink
+/// 0), so that the next stream goes through uplink 1.
+async fn until_uplink_1_is_next<F, Fut>(probe: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for _ in 0..4 {
         let started = Instant::now();
-        round_trip(&mut probe, b"probe", Duration::from_secs(5)).await?;
+        probe().await?;
         if started.elapsed() < Duration::from_millis(300) {
-            break;
+            return Ok(());
         }
     }
+    anyhow::bail!("no probe answered quickly, as through the direct uplink")
+}
+
+/// A stream whose uplink dies after the control plane may have passed its bytes on is not sent
+/// again on the other uplink: the service sees its bytes once, and the relay says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_lost_uplink_may_have_delivered_is_not_sent_again() -> Result<()> {
+    let (backend, firsts) = recording_echo().await?;
+    let opts = RelayOpts {
+        tcp: vec!["echo".into()],
+        ..Default::default()
+    };
+    let f = far_uplink(Service::tcp("echo", backend.addr), opts).await?;
+    let port = f.relay.tcp_port("echo")?;
+    until_uplink_1_is_next(|| async {
+        let mut probe = connect(port).await?;
+        round_trip(&mut probe, b"probe", Duration::from_secs(5)).await
+    })
+    .await?;
+
     let mut tunnel = connect(port).await?;
     tunnel.write_all(b"once\n").await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    far.link().partition();
+    f.far.link().partition();
 
     ends_unechoed(&mut tunnel)
         .await
         .context("the tunnel on the lost uplink")?;
-    log.wait_for("were not sent again", SHORT).await?;
+    f.relay
+        .proc
+        .log
+        .wait_for("were not sent again", SHORT)
+        .await?;
     let onces = seen(&firsts, b"once\n");
     ensure!(
         onces == 1,
@@ -237,4 +276,106 @@ async fn a_stream_the_lost_uplink_may_have_delivered_is_not_sent_again() -> Resu
     // The other uplink carries new tunnels as before.
     let mut fresh = connect(port).await?;
     round_trip(&mut fresh, b"after", SHORT).await
+}
+
+/// The same for HTTP: a bodiless POST is not sent again (502, saying why), while a GET, which
+/// may safely run twice, is sent again on the other uplink and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_idempotent_requests_are_sent_again_after_their_uplink_dies() -> Result<()> {
+    let (backend, firsts) = http_recorder().await?;
+    let opts = RelayOpts {
+        plain_http: true,
+        ..Default::default()
+    };
+    let service = Service::http("web", backend.addr, &["web.localhost"]);
+    let f = far_uplink(service, opts).await?;
+    let http = f.relay.http()?;
+    let probe = || async {
+        let answer = http_request(http, "GET", "/probe").await?;
+        ensure!(answer.starts_with("HTTP/1.1 200"), "probe: {answer}");
+        Ok(())
+    };
+
+    until_uplink_1_is_next(probe).await?;
+    let answer = send_then_cut(&f, "POST", "/order").await?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 502") && answer.contains("not sent again"),
+        "the POST on the lost uplink: {answer}"
+    );
+    // It reaches the service after the cut, 300 ms after it left.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posts = seen(&firsts, b"POST /order");
+    ensure!(posts == 1, "the service saw the POST {posts} times");
+
+    // Uplink 1 is silent now, so new streams all take uplink 0; heal it, and wait until a
+    // request takes it again.
+    f.far.link().heal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        ensure!(Instant::now() < deadline, "uplink 1 did not come back");
+        let started = Instant::now();
+        probe().await?;
+        if started.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+    }
+    until_uplink_1_is_next(probe).await?;
+    let answer = send_then_cut(&f, "GET", "/page").await?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the GET on the lost uplink: {answer}"
+    );
+    Ok(())
+}
+
+/// Sends a request (the next stream, so uplink 1's) and cuts uplink 1 20 ms later; the answer.
+async fn send_then_cut(f: &FarUplink, method: &'static str, path: &'static str) -> Result<String> {
+    let request = tokio::spawn(http_request(f.relay.http()?, method, path));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    f.far.link().partition();
+    request.await?
+}
+
+/// Answers every request `200 ok` and closes, keeping the start of each request.
+async fn http_recorder() -> Result<(Backend, Firsts)> {
+    let firsts = Firsts::default();
+    let recorded = firsts.clone();
+    let backend = serve(move |mut stream| {
+        let recorded = recorded.clone();
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let Ok(n) = stream.read(&mut buf).await else {
+                return;
+            };
+            let start = buf[..n].iter().position(|&b| b == b' ').unwrap_or(0);
+            let path_end = buf[start + 1..n].iter().position(|&b| b == b' ');
+            let line_end = path_end.map_or(n, |e| start + 1 + e);
+            recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(buf[..line_end].to_vec());
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+            let _ = stream.write_all(answer).await;
+        }
+    })
+    .await?;
+    Ok((backend, firsts))
+}
+
+/// One bodiless request to `web.localhost` on the relay's plain HTTP port; the whole answer.
+async fn http_request(
+    relay: SocketAddr,
+    method: &'static str,
+    path: &'static str,
+) -> Result<String> {
+    let mut stream = connect(relay).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: web.localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer))
+        .await
+        .context("no whole answer within 15 s")??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }

@@ -151,8 +151,10 @@ async fn route(
     let _guard = relay.stream_guard();
     let user_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, &host, relay, origin);
-    // A request without a body can go out again if its uplink dies before the answer.
-    let replayable = req.body().is_end_stream();
+    // A request without a body can go out again if its uplink dies before the answer; one that
+    // is not idempotent (a POST, say) only if the service cannot have seen it (below).
+    let bodyless = req.body().is_end_stream();
+    let idempotent = req.method().is_idempotent();
     let (parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
     let mut tried = 0u64;
@@ -161,6 +163,7 @@ async fn route(
             StatusCode::SERVICE_UNAVAILABLE,
             "relay has no uplink to the control plane; retry shortly".to_string(),
         ))?;
+        let heard = conn.stats().udp_rx.datagrams;
         let io = TokioIo::new(QuicIo::awaiting_answer(send, recv));
         let (mut sender, conn_task) = hyper::client::conn::http1::handshake::<_, Body>(io)
             .await
@@ -174,7 +177,21 @@ async fn route(
         let sent = sender.send_request(Request::from_parts(parts.clone(), body));
         tokio::select! {
             resp = sent => break resp.map_err(|e| bad_gateway(&service, &e))?,
-            () = relay.uplinks.gone_quiet(i, &conn), if replayable => {
+            () = relay.uplinks.gone_quiet(i, &conn), if bodyless => {
+                // Nothing came back after the request went out: the control plane had not
+                // received it (it acknowledges within its ack delay), so it reached no service.
+                if !idempotent && conn.stats().udp_rx.datagrams != heard {
+                    info!(uplink = i, method = %parts.method, "uplink {i} went silent before answering, after it had the request");
+                    return Err((
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "service \"{service}\": the relay lost its uplink to the control plane \
+                             after sending the request; a {} may have taken effect, so it was not \
+                             sent again",
+                            parts.method
+                        ),
+                    ));
+                }
                 info!(uplink = i, "uplink {i} went silent before answering; sending the request again");
             }
         }
