@@ -354,6 +354,8 @@ async fn paste(line: &str, dir: &Path) -> Result<String> {
         .arg(line)
         .current_dir(dir)
         .env("PATH", path)
+        // As a user would run it, but with this test's relay choices kept from the user's.
+        .env("SAT_CACHE_DIR", test_cache_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -420,9 +420,10 @@ pub fn free_port_pair() -> Result<SocketAddr> {
     anyhow::bail!("no port free for both TCP and UDP")
 }
 
-/// Where `sat` remembers its choice of relay during this test process.
+/// Where `sat` remembers its choice of relay during this test process: under cargo's
+/// `target/tmp`, so that neither the user's cache nor /tmp collects the tests' choices.
 pub fn test_cache_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("sat-test-cache-{}", std::process::id()))
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sat-cache-{}", std::process::id()))
 }
 
 /// A `sat` command with a clean environment: no ambient `SAT_*` defaults, plain log lines.
