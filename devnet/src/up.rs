@@ -546,13 +546,16 @@ fn write_pki(dir: &Path, plans: &[RelayPlan]) -> Result<(), DevnetError> {
 }
 
 async fn bind_tcp(what: &str, addr: &str) -> Result<tokio::net::TcpListener, DevnetError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| DevnetError::Bind {
-            what: what.into(),
-            addr: addr.into(),
-            source,
-        })
+    let bound = addr
+        .parse()
+        .map_err(std::io::Error::other)
+        .and_then(sat_transport::listen::tcp)
+        .and_then(tokio::net::TcpListener::from_std);
+    bound.map_err(|source| DevnetError::Bind {
+        what: what.into(),
+        addr: addr.into(),
+        source,
+    })
 }
 
 fn local(l: &tokio::net::TcpListener) -> SocketAddr {

@@ -85,14 +85,7 @@ impl Sockets {
 }
 
 fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, RelayError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|source| RelayError::Bind {
-        what,
-        addr,
-        source,
-    })?;
-    l.set_nonblocking(true)
-        .map_err(|source| RelayError::Bind { what, addr, source })?;
-    Ok(l)
+    sat_transport::listen::tcp(addr).map_err(|source| RelayError::Bind { what, addr, source })
 }
 
 /// HTTPS over TCP and QUIC over UDP share one port number, so that a client given one address

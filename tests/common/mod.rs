@@ -1033,7 +1033,9 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    // With room for bursts: tests open hundreds of tunnels at once.
+    let listener = sat_transport::listen::tcp("127.0.0.1:0".parse()?)?;
+    let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();

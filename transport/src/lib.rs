@@ -13,6 +13,7 @@
 //! - [`header`]: reading a stream header or answer off a QUIC stream, bounded and timed.
 //! - [`routing`]: the pushed relay map in geo routing's types, for ranking and geo DNS.
 //! - [`ahead`]: the bytes a stream sends ahead of its answer, kept to send again elsewhere.
+//! - [`listen`]: TCP listeners with an accept queue for bursts.
 
 pub mod ahead;
 mod error;
@@ -21,6 +22,7 @@ pub mod header;
 pub mod http;
 pub mod io;
 pub mod latency;
+pub mod listen;
 pub mod pin;
 pub mod routing;
 pub mod splice;
