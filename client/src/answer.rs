@@ -17,8 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use sat_transport::ahead::SentAhead;
-use sat_transport::io::{rejection, Prefixed};
-use sat_transport::splice::REFUSAL_GRACE;
+use sat_transport::splice::{self, SpliceError, REFUSAL_GRACE};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::warn;
@@ -39,8 +38,9 @@ pub enum Answered {
         recv: RecvStream,
         first: Bytes,
     },
-    /// Over TLS the answer is read with the data (see [`Prefixed::awaiting_answer`]). A dead
-    /// TCP peer is not noticed sooner than TCP's own timeouts, so there is nothing to replay.
+    /// Over TLS the answer is read with the data (see
+    /// [`sat_transport::io::Prefixed::awaiting_answer`]). A dead TCP peer is not noticed sooner
+    /// than TCP's own timeouts, so there is nothing to replay.
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
@@ -105,11 +105,11 @@ where
                 if attempt < MAX_ATTEMPTS && conn.stats().udp_rx.datagrams == heard =>
             {
                 warn!(%relay, bytes = sent.len(), "the relay did not answer ({why}); opening the tunnel again through the next relay");
-                let _ = send.reset(sat_transport::splice::ABORTED);
+                let _ = send.reset(splice::ABORTED);
                 attempt += 1;
             }
             Err(Unanswered::Lost(why)) => {
-                let _ = send.reset(sat_transport::splice::ABORTED);
+                let _ = send.reset(splice::ABORTED);
                 let why = match attempt < MAX_ATTEMPTS {
                     // It may have passed the tunnel on; a replay could deliver its bytes twice.
                     true => format!("{why}, after it had the tunnel (not replayed: the service may have seen its bytes)"),
@@ -154,7 +154,8 @@ impl Tunnel<'_> {
     where
         R: AsyncRead + Unpin,
     {
-        let mut answer = Prefixed::awaiting_answer(recv);
+        let answer = splice::read_answer(recv);
+        tokio::pin!(answer);
         let mut tick = tokio::time::interval(WATCH_EVERY);
         let mut buf = BytesMut::new();
         let mut write_failed: Option<(Instant, String)> = None;
@@ -162,25 +163,23 @@ impl Tunnel<'_> {
         loop {
             let reading = write_failed.is_none() && sent.wants_more();
             tokio::select! {
-                answered = answer.answer() => return match answered {
-                    Ok(()) => Ok(answer.into_pending()),
-                    Err(e) => Err(match rejection(&e) {
-                        Some(r) => Unanswered::Final(ClientError::Refused {
-                            service: service.into(),
-                            code: r.code,
-                            message: r.message.clone(),
-                        }),
-                        // The relay reset the stream on purpose: the service aborted the
-                        // connection at once, and the reset overtook the answer.
-                        None if is_stream_reset(&e) => Unanswered::Final(ClientError::io(
-                            service,
-                            std::io::Error::new(
-                                std::io::ErrorKind::ConnectionReset,
-                                "the service reset the connection",
-                            ),
-                        )),
-                        None => Unanswered::Lost(e.to_string()),
-                    }),
+                answered = &mut answer => return match answered {
+                    Ok(first) => Ok(first),
+                    Err(SpliceError::Rejected(r)) => Err(Unanswered::Final(ClientError::Refused {
+                        service: service.into(),
+                        code: r.code,
+                        message: r.message,
+                    })),
+                    // The relay reset the stream on purpose: the service aborted the connection
+                    // at once, and the reset overtook the answer.
+                    Err(SpliceError::QuicReset(_)) => Err(Unanswered::Final(ClientError::io(
+                        service,
+                        std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "the service reset the connection",
+                        ),
+                    ))),
+                    Err(e) => Err(Unanswered::Lost(e.to_string())),
                 },
                 read = sent.read_from(local, &mut buf), if reading => match read {
                     Ok(None) => {}
@@ -212,11 +211,4 @@ impl Tunnel<'_> {
             }
         }
     }
-}
-
-/// Whether `e` is quinn's: the peer reset the stream.
-fn is_stream_reset(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
-        .is_some_and(|read| matches!(read, quinn::ReadError::Reset(_)))
 }

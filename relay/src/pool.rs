@@ -221,15 +221,7 @@ impl Uplinks {
                         leftover,
                     })
                 }
-                Err(Unanswered::Rejected(r)) => return Err(OpenError::Rejected(r)),
-                Err(Unanswered::Reset) => {
-                    let _ = recv.stop(splice::ABORTED);
-                    return Err(OpenError::Reset);
-                }
-                Err(Unanswered::UserGone(e)) => {
-                    let _ = send.reset(splice::ABORTED);
-                    return Err(OpenError::UserGone(e));
-                }
+                Err(Unanswered::Final(e)) => return Err(e),
                 Err(Unanswered::Lost(why)) => {
                     let _ = send.reset(splice::ABORTED);
                     if !sent.is_empty() && conn.stats().udp_rx.datagrams != heard {
@@ -275,8 +267,8 @@ impl Uplinks {
             tokio::select! {
                 answer = &mut answer => return match answer {
                     Ok(leftover) => Ok(leftover),
-                    Err(SpliceError::Rejected(r)) => Err(Unanswered::Rejected(r)),
-                    Err(SpliceError::QuicReset(_)) => Err(Unanswered::Reset),
+                    Err(SpliceError::Rejected(r)) => Err(Unanswered::Final(OpenError::Rejected(r))),
+                    Err(SpliceError::QuicReset(_)) => Err(Unanswered::Final(OpenError::Reset)),
                     Err(e) => Err(Unanswered::Lost(format!("the stream failed: {e}"))),
                 },
                 () = &mut quiet => return Err(Unanswered::Lost(format!("uplink {i} went silent"))),
@@ -285,7 +277,10 @@ impl Uplinks {
                     // Within the stream's flow-control window (far above the limit), so this
                     // does not wait on the control plane.
                     Ok(Some(chunk)) => writable = send.write_chunk(chunk).await.is_ok(),
-                    Err(e) => return Err(Unanswered::UserGone(e)),
+                    Err(e) => {
+                        let _ = send.reset(splice::ABORTED);
+                        return Err(Unanswered::Final(OpenError::UserGone(e)));
+                    }
                 },
             }
         }
@@ -294,14 +289,10 @@ impl Uplinks {
 
 /// How waiting for an answer ended, short of one.
 enum Unanswered {
-    /// The control plane refused the stream.
-    Rejected(Rejected),
-    /// The control plane reset the stream: the service aborted the connection.
-    Reset,
+    /// The end of this stream: refused, reset, or the user gone.
+    Final(OpenError),
     /// The uplink went silent or the stream failed (why): worth another uplink.
     Lost(String),
-    /// Reading the user failed: nobody is left to answer.
-    UserGone(std::io::Error),
 }
 
 impl OpenError {
