@@ -1,7 +1,7 @@
 //! Real OpenSSH through Satellite: `ssh -o ProxyCommand="sat connect ssh ..."`, and plain
 //! `ssh -p <relay's TCP port>`, to an `sshd` the test runs in its own temp dir.
 
-mod common;
+
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 

@@ -2,7 +2,7 @@
 //! in its data dir, every way the control plane (or the relay itself) refuses, and certificate
 //! renewal while a tunnel carries a bulk transfer.
 
-mod common;
+
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use sat_control::pki::{Ca, Usage};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

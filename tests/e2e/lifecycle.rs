@@ -1,6 +1,6 @@
 //! Starting and stopping: SIGTERM drain, `sat check-config`, and `sat up` from start to Ctrl-C.
 
-mod common;
+
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;

@@ -1,7 +1,7 @@
 //! HTTP through a relay, with real clients: curl (HTTP/1.1 and HTTP/2), a Python WebSocket
 //! client, and raw TCP for requests no well-behaved client sends.
 
-mod common;
+
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -93,7 +93,7 @@ async fn curl(
 // ---------------------------------------------------------------------------------------------
 // Setups
 
-/// The Python HTTP backend (tests/common/peers.py) behind service `web` at `web.localhost`.
+/// The Python HTTP backend (tests/e2e/common/peers.py) behind service `web` at `web.localhost`.
 struct Web {
     relay: Relay,
     net: Net,

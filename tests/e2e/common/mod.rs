@@ -41,7 +41,7 @@ pub const SAT: &str = env!("CARGO_BIN_EXE_sat");
 /// The system Python: `python3-websockets` from apt installs for this one, not for a pyenv.
 pub const PYTHON: &str = "/usr/bin/python3";
 /// HTTP and WebSocket peers written in Python (see the file for its subcommands).
-pub const PEERS_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/peers.py");
+pub const PEERS_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/common/peers.py");
 
 /// How long a process may take to come up. Generous: the binary is a debug build, and on a
 /// 2-core machine nextest runs two tests at once, each with several processes.
@@ -472,7 +472,7 @@ pub fn sat_connect(service: &str, relay: SocketAddr, ca: &Path) -> Result<Proc> 
     Proc::spawn_piped(&format!("connect {service}"), cmd)
 }
 
-/// A Python peer from `tests/common/peers.py`.
+/// A Python peer from `tests/e2e/common/peers.py`.
 pub fn python_peer<I, S>(args: I) -> Command
 where
     I: IntoIterator<Item = S>,

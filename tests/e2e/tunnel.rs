@@ -1,12 +1,12 @@
 //! TCP tunnels end to end: `sat connect` (QUIC, and the TLS-over-TCP fallback), `sat forward`,
 //! and a relay's own TCP port, each through a real control plane to a real backend.
 
-mod common;
+
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;

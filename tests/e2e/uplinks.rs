@@ -1,6 +1,6 @@
 //! Several uplinks per relay: losing one costs only the streams it carried.
 
-mod common;
+
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::delay::{DelayProxy, Props};
-use common::udp_proxy::UdpProxy;
-use common::*;
+use crate::common::delay::{DelayProxy, Props};
+use crate::common::udp_proxy::UdpProxy;
+use crate::common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,7 +1,7 @@
 //! The control plane as the system of record: the relay registry and its health, the admin API
 //! (and `sat admin`), and what survives a restart of the control plane.
 
-mod common;
+
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

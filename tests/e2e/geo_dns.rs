@@ -2,13 +2,13 @@
 //! GeoIP test database gets the relay nearest to each, and a relay taken out of rotation (killed
 //! or drained) stops being handed out.
 
-mod common;
+
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use tokio::process::Command;
 use tokio::time::Instant;
 

@@ -3,7 +3,7 @@
 //! backend. HTTP through curl, tunnels through `sat connect` / `sat forward`, raw TCP ports,
 //! public services, and a relay that refuses while its control plane is frozen.
 
-mod common;
+
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
+use crate::common::*;
 use sat_control::admin::api::AccessTokenView;
 use sat_proto::access::{AccessClaims, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

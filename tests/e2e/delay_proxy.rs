@@ -2,7 +2,7 @@
 //! TCP, against echo servers on the test's own runtime. Figures allow for tokio's 1 ms timer
 //! (deadlines round up) and for a loaded 2-core machine, but fail if the property is missing.
 
-mod common;
+
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::delay::{DelayProxy, Jitter, Props, Proto, DEFAULT_SEED, UDP_QUEUE};
-use common::{echo_backend, random_bytes, sha256_hex, sha_backend};
+use crate::common::delay::{DelayProxy, Jitter, Props, Proto, DEFAULT_SEED, UDP_QUEUE};
+use crate::common::{echo_backend, random_bytes, sha256_hex, sha_backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
