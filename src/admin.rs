@@ -2,7 +2,6 @@
 //! API call; answers print as tables for people, or as JSON with `--json` for scripts.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Subcommand, ValueEnum};
 use sat_control::admin::api::{
@@ -13,7 +12,7 @@ use sat_control::admin::table::{self, render};
 use sat_control::ControlError;
 use serde::Serialize;
 
-use crate::cli::{EXIT_FAILURE, EXIT_NOPERM, EXIT_UNAVAILABLE, EXIT_USAGE};
+use crate::exit::{EXIT_FAILURE, EXIT_NOPERM, EXIT_UNAVAILABLE, EXIT_USAGE};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:4434";
 /// The help heading of the options every `sat admin` command takes, apart from its own.
@@ -388,7 +387,7 @@ impl AdminCommand {
                 if json {
                     return print_json(&tokens);
                 }
-                print!("{}", tokens_table(&tokens, now_ms()));
+                print!("{}", tokens_table(&tokens, sat_proto::clock::unix_millis()));
                 Ok(())
             }
             Self::Token(TokenCommand::Revoke { id }) => {
@@ -482,12 +481,6 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), ControlError> {
     })?;
     println!("{text}");
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn relays_table(relays: &[RelayView]) -> String {

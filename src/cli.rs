@@ -1,6 +1,5 @@
 //! The command line: what each subcommand takes, and how its outcome becomes an exit code.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,18 +8,12 @@ use clap::{Parser, Subcommand};
 use sat_client::{Chooser, ClientError, Options, Route};
 use sat_control::ControlConfig;
 use sat_geo::dns::DnsSection;
-use sat_proto::stream::RejectCode;
 use sat_relay::RelayConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// Exit codes from sysexits(3), so scripts can tell a bad config from an unreachable relay.
-pub const EXIT_USAGE: u8 = 64;
-pub const EXIT_UNAVAILABLE: u8 = 69;
-pub const EXIT_SOFTWARE: u8 = 70;
-/// An access or admin token was refused.
-pub const EXIT_NOPERM: u8 = 77;
-pub const EXIT_FAILURE: u8 = 1;
+use crate::args::{cache_dir, trust, RelayArgs, TunnelArgs};
+use crate::exit::{client_exit, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE};
 
 /// How often `sat forward` probes the relays again.
 const REPROBE_EVERY: Duration = Duration::from_secs(30);
@@ -34,7 +27,8 @@ const REPROBE_EVERY: Duration = Duration::from_secs(30);
 apps and SSH/TCP services. Users reach the nearest relay; the relay carries each connection \
 over QUIC to the control plane at your primary site, which hands it to the backend.\n\n\
 Start with `sat up`: the whole network on this machine, with a demo app to try.",
-    after_help = "Logs go to stderr; set SAT_LOG=debug (or any tracing filter) for more."
+    after_help = "Logs go to stderr; set SAT_LOG=debug (or any tracing filter) for more, and \
+SAT_LOG_FORMAT=json for one JSON object per line."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -106,6 +100,9 @@ pub enum Command {
     /// runs (SAT_CACHE_DIR, default ~/.cache/sat), and kept until another is clearly faster.
     /// If it does not answer, the runner-up takes the tunnel within a fraction of a second.
     /// Uses QUIC, or TLS over TCP on the same port when UDP is blocked.
+    ///
+    /// The end of stdin is passed on as a half-close. When the service ends its side, stdout
+    /// closes at once, and sat connect exits when stdin ends or has been quiet for a second.
     Connect {
         /// The service's name, as configured on the control plane.
         service: String,
@@ -155,30 +152,6 @@ pub enum Command {
     Admin(crate::admin::AdminArgs),
 }
 
-#[derive(clap::Args)]
-pub struct RelayArgs {
-    /// Any relay, as host:port (its HTTPS port, which also serves QUIC): it lists the others.
-    /// May be left out once a relay has been chosen (the choice is cached).
-    #[arg(long, env = "SAT_RELAY")]
-    pub(crate) relay: Option<String>,
-    /// CA bundle that signed the relay's certificate [default: the `sat up` CA, if present]
-    #[arg(long, env = "SAT_CA")]
-    pub(crate) ca: Option<PathBuf>,
-    /// Access token for a service that requires one (from `sat admin token create`).
-    #[arg(long, env = "SAT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
-}
-
-#[derive(clap::Args)]
-pub struct TunnelArgs {
-    #[command(flatten)]
-    pub(crate) relay: RelayArgs,
-    /// Pin the relay: a region (eu-west), a relay's name, or an address (host:port, used as
-    /// given, without probing).
-    #[arg(long, env = "SAT_VIA")]
-    pub(crate) via: Option<String>,
-}
-
 impl Command {
     /// `sat connect` runs under ssh, whose terminal must not fill with our info lines.
     pub fn default_log_level(&self) -> &'static str {
@@ -214,16 +187,6 @@ impl Command {
             Self::Admin(args) => args.run().await,
         }
     }
-}
-
-pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 /// Turns SIGTERM into `drain` and SIGINT into `drain` plus, on a second SIGINT or for
@@ -330,34 +293,15 @@ fn usage<E: std::fmt::Display>(e: E) -> u8 {
     EXIT_USAGE
 }
 
-/// The CA that signed the relays' HTTPS certificates: `--ca`, or `sat up`'s.
-pub(crate) fn ca_path(args: &RelayArgs) -> Result<PathBuf, ClientError> {
-    match &args.ca {
-        Some(ca) => Ok(ca.clone()),
-        None => {
-            let ca = sat_devnet::default_data_dir().join("ca.pem");
-            if !ca.exists() {
-                return Err(ClientError::NoCa { hint: ca });
-            }
-            Ok(ca)
-        }
-    }
-}
-
 async fn relays(args: &RelayArgs, json: bool) -> u8 {
-    let probed = match ca_path(args) {
-        Ok(ca) => {
-            let sources = match &args.relay {
-                Some(relay) => vec![relay.clone()],
-                None => cache_dir()
-                    .map(|dir| sat_client::cached_relays(&sat_client::cache_path(&dir, &ca)))
-                    .unwrap_or_default(),
-            };
-            sat_client::probe_relays(&sources, &ca).await
-        }
-        Err(e) => Err(e),
+    let trust = trust(args, None);
+    let sources = match &args.relay {
+        Some(relay) => vec![relay.clone()],
+        None => cache_dir()
+            .map(|dir| sat_client::cached_relays(&sat_client::cache_path(&dir, &trust)))
+            .unwrap_or_default(),
     };
-    match probed {
+    match sat_client::probe_relays(&sources, &trust).await {
         Ok(probed) => {
             print!("{}", crate::relays::render(&probed, json));
             0
@@ -378,42 +322,15 @@ async fn route(args: &TunnelArgs) -> Result<Arc<Route>, ClientError> {
 }
 
 async fn chooser(args: &TunnelArgs) -> Result<(Arc<Chooser>, Arc<Route>), ClientError> {
-    let ca = ca_path(&args.relay)?;
+    let trust = trust(&args.relay, args.via.as_deref());
     let options = Options {
         relay: args.relay.relay.clone(),
-        cache: cache_dir().map(|dir| sat_client::cache_path(&dir, &ca)),
-        ca,
+        cache: cache_dir().map(|dir| sat_client::cache_path(&dir, &trust)),
+        trust,
         token: args.relay.token.as_ref().map(|t| t.trim().to_owned()),
         via: args.via.clone(),
     };
     Chooser::start(options).await
-}
-
-/// Where clients remember their choice of relay: SAT_CACHE_DIR, or the XDG cache directory.
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("SAT_CACHE_DIR") {
-        return Some(dir.into());
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("sat"));
-    }
-    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/sat"))
-}
-
-pub(crate) fn client_exit(e: &ClientError) -> u8 {
-    match e {
-        ClientError::RelayAddr(_) | ClientError::NoCa { .. } | ClientError::Transport(_) => {
-            EXIT_USAGE
-        }
-        ClientError::Refused {
-            code: RejectCode::Unauthorized,
-            ..
-        } => EXIT_NOPERM,
-        ClientError::Refused { .. }
-        | ClientError::Unreachable { .. }
-        | ClientError::Resolve { .. } => EXIT_UNAVAILABLE,
-        _ => EXIT_FAILURE,
-    }
 }
 
 async fn connect(service: &str, args: &TunnelArgs) -> u8 {
@@ -491,7 +408,7 @@ fn check(path: &Path) -> Result<&'static str, String> {
     } else if table.contains_key("relay") {
         let c = RelayConfig::parse(&text, path).map_err(|e| e.to_string())?;
         if let Some(h) = &c.https {
-            sat_transport::tls::Identity::load(&h.cert, &h.key)
+            sat_transport::identity::Identity::load(&h.cert, &h.key)
                 .map_err(|e| format!("{}: [https]: {e}", path.display()))?;
         }
         check_geoip(path, c.dns.as_ref())?;

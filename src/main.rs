@@ -2,7 +2,10 @@
 //! command, map its error to an exit code. The logic lives in the library crates.
 
 mod admin;
+mod args;
 mod cli;
+mod exit;
+mod log;
 mod relays;
 mod ssh;
 
@@ -17,7 +20,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_tracing(cli.command.default_log_level());
+    if let Err(e) = log::init(cli.command.default_log_level()) {
+        eprintln!("sat: {e}");
+        return ExitCode::from(exit::EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,7 +31,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sat: cannot start the async runtime: {e}");
-            return ExitCode::from(cli::EXIT_SOFTWARE);
+            return ExitCode::from(exit::EXIT_SOFTWARE);
         }
     };
     let code = runtime.block_on(cli.command.run());

@@ -6,7 +6,10 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use crate::cli::{TunnelArgs, EXIT_UNAVAILABLE, EXIT_USAGE};
+use sat_client::Trust;
+
+use crate::args::{trust, TunnelArgs};
+use crate::exit::{EXIT_UNAVAILABLE, EXIT_USAGE};
 
 /// Replaces this process with ssh. Returns only if ssh could not be started.
 pub fn run(target: &str, args: &TunnelArgs, ssh_args: &[String]) -> u8 {
@@ -15,13 +18,6 @@ pub fn run(target: &str, args: &TunnelArgs, ssh_args: &[String]) -> u8 {
         eprintln!("sat ssh: {target:?} is not [user@]SERVICE");
         return EXIT_USAGE;
     }
-    let ca = match crate::cli::ca_path(&args.relay) {
-        Ok(ca) => ca,
-        Err(e) => {
-            eprintln!("sat ssh: {e}");
-            return crate::cli::client_exit(&e);
-        }
-    };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -43,8 +39,12 @@ pub fn run(target: &str, args: &TunnelArgs, ssh_args: &[String]) -> u8 {
         .arg(format!("HostKeyAlias={service}"))
         .args(options)
         .arg(target)
-        .args(command)
-        .env("SAT_CA", &ca);
+        .args(command);
+    // The ProxyCommand trusts what this run decided; the system's roots need no variable.
+    match trust(&args.relay, args.via.as_deref()) {
+        Trust::Ca(ca) => ssh.env("SAT_CA", ca),
+        Trust::System => ssh.env_remove("SAT_CA"),
+    };
     if let Some(relay) = &args.relay.relay {
         ssh.env("SAT_RELAY", relay);
     }

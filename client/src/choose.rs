@@ -15,17 +15,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sat_geo::hysteresis::{History, Hysteresis, Reason, Switch};
 use sat_geo::rank::{self, PeerRtts};
+use sat_proto::clock;
 use sat_proto::control::RelayInfo;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::probe::{dial_address, Prober};
-use crate::{ClientError, Dialer, Hop, Route};
+use crate::{ClientError, Dialer, Hop, Route, Trust};
 
 /// A cache younger than this is trusted to start with; the relays are probed again behind it.
 pub const FRESH_FOR: Duration = Duration::from_secs(600);
@@ -37,8 +38,8 @@ const ROUTE_LEN: usize = 3;
 pub struct Options {
     /// Any relay's host:port: where the relay map comes from.
     pub relay: Option<String>,
-    /// The CA that signed the relays' certificates.
-    pub ca: PathBuf,
+    /// What the relays' certificates are checked against.
+    pub trust: Trust,
     /// The service access token, if the service needs one.
     pub token: Option<String>,
     /// `--via`: an address, a region or a relay name.
@@ -84,7 +85,7 @@ impl Chooser {
     /// Chooses the relays for a first tunnel, and returns them as a route with the chooser
     /// that keeps it up to date.
     pub async fn start(options: Options) -> Result<(Arc<Self>, Arc<Route>), ClientError> {
-        let prober = Prober::new(&options.ca)?;
+        let prober = Prober::new(&options.trust)?;
         if let Some(addr) = options.via.as_deref().filter(|v| is_address(v)) {
             let hop = hop(&options, addr, addr, None).await?;
             let chooser = Self::new(options.clone(), prober, CacheFile::default());
@@ -93,7 +94,7 @@ impl Chooser {
         let cache = options.cache.as_deref().map(load).unwrap_or_default();
         let fresh = options.via.is_none()
             && cache.current.is_some()
-            && now_ms().saturating_sub(cache.probed_ms) < FRESH_FOR.as_millis() as u64;
+            && clock::unix_now().saturating_sub(Duration::from_millis(cache.probed_ms)) < FRESH_FOR;
         let chooser = Arc::new(Self::new(options, prober, cache));
         let route = if fresh {
             debug!("starting from the cached choice");
@@ -105,8 +106,12 @@ impl Chooser {
             match chooser.probe().await {
                 Ok(order) => Arc::new(Route::new(chooser.hops(&order).await)),
                 // A relay that serves no relay map (no HTTPS listener) can still carry
-                // tunnels: use it as given.
-                Err(e) if chooser.options.via.is_none() && chooser.options.relay.is_some() => {
+                // tunnels: use it as given. One whose certificate does not verify cannot.
+                Err(e)
+                    if chooser.options.via.is_none()
+                        && chooser.options.relay.is_some()
+                        && !matches!(e, ClientError::Untrusted { .. }) =>
+                {
                     info!("{e}; using --relay as given");
                     Arc::new(Route::new(Vec::new()))
                 }
@@ -128,9 +133,9 @@ impl Chooser {
     }
 
     fn new(options: Options, prober: Prober, cache: CacheFile) -> Self {
-        let now = Instant::now();
+        let (now, wall) = (Instant::now(), clock::unix_now());
         let at = |ms: u64| {
-            let age = Duration::from_millis(now_ms().saturating_sub(ms));
+            let age = wall.saturating_sub(Duration::from_millis(ms));
             now.checked_sub(age).unwrap_or(now).into_std()
         };
         let history = cache.samples.into_iter().map(|(name, samples)| {
@@ -223,7 +228,7 @@ impl Chooser {
         let Ok(mut state) = self.state.lock() else {
             return Vec::new();
         };
-        state.probed_ms = now_ms();
+        state.probed_ms = clock::unix_now().as_millis() as u64;
         for info in infos {
             if let Some(dial) = dial_address(info) {
                 let rtt_us = measured.get(&info.name).map(|d| d.as_micros() as u64);
@@ -353,7 +358,7 @@ impl Chooser {
         }
         let file = {
             let Ok(state) = self.state.lock() else { return };
-            let now = Instant::now().into_std();
+            let (now, wall) = (Instant::now().into_std(), clock::unix_now());
             let samples = state
                 .hysteresis
                 .history()
@@ -361,8 +366,8 @@ impl Chooser {
                     let samples = samples
                         .into_iter()
                         .map(|(at, rtt)| {
-                            let age = now.saturating_duration_since(at).as_millis() as u64;
-                            (now_ms().saturating_sub(age), rtt.as_micros() as u64)
+                            let at = wall.saturating_sub(now.saturating_duration_since(at));
+                            (at.as_millis() as u64, rtt.as_micros() as u64)
                         })
                         .collect();
                     (name.to_owned(), samples)
@@ -394,7 +399,7 @@ async fn hop(
     dial: &str,
     rtt: Option<Duration>,
 ) -> Result<Hop, ClientError> {
-    let dialer = Dialer::new(dial, &options.ca).await?;
+    let dialer = Dialer::new(dial, &options.trust).await?;
     let dialer = match &options.token {
         Some(token) => dialer.with_token(token.clone()),
         None => dialer,
@@ -438,26 +443,15 @@ fn log_switch(switch: &Switch, relays: &BTreeMap<String, Known>) {
 }
 
 /// Whether `--via` names an address (`host:port`, `[v6]:port`) rather than a region or relay.
-fn is_address(via: &str) -> bool {
+pub fn is_address(via: &str) -> bool {
     via.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
-/// The cache file for the network whose CA is `ca`: one file per CA, so that two networks'
-/// relays never mix. `dir` is the cache directory.
-pub fn cache_path(dir: &Path, ca: &Path) -> PathBuf {
-    let id = std::fs::read(ca)
-        .ok()
-        .and_then(|pem| {
-            let cert = sat_transport::tls::certs_from_pem(std::str::from_utf8(&pem).ok()?)
-                .into_iter()
-                .next()?;
-            Some(sat_transport::pin::hex(
-                &sat_transport::pin::fingerprint(&cert)[..8],
-            ))
-        })
-        .unwrap_or_else(|| "default".into());
-    dir.join(format!("relays-{id}.json"))
+/// The cache file for the network that `trust` stands for: one file per CA (and one for the
+/// system's roots), so that two networks' relays never mix. `dir` is the cache directory.
+pub fn cache_path(dir: &Path, trust: &Trust) -> PathBuf {
+    dir.join(format!("relays-{}.json", trust.cache_id()))
 }
 
 /// The relays a cache file knows, the current one first: where to ask for the relay map when
@@ -489,12 +483,6 @@ fn load(path: &Path) -> CacheFile {
             CacheFile::default()
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
-use crate::ClientError;
+use crate::trust::is_certificate_error;
+use crate::{ClientError, Trust};
 
 /// How long QUIC gets alone before TLS over TCP is tried beside it (as in Happy Eyeballs).
 const FALLBACK_AFTER: Duration = Duration::from_millis(300);
@@ -64,11 +65,13 @@ pub struct Dialer {
     quic: Mutex<Option<Kept>>,
     /// The service access token sent in every tunnel's header; empty for none.
     token: String,
+    /// What the relay's certificate is checked against, for the error when it fails.
+    trust: String,
 }
 
 impl Dialer {
-    /// Prepares to dial `relay` (host:port), trusting the CA bundle in `ca`.
-    pub async fn new(relay: &str, ca: &std::path::Path) -> Result<Self, ClientError> {
+    /// Prepares to dial `relay` (host:port), checking its certificate against `trust`.
+    pub async fn new(relay: &str, trust: &Trust) -> Result<Self, ClientError> {
         let (host, _) = relay
             .rsplit_once(':')
             .ok_or_else(|| ClientError::RelayAddr(relay.into()))?;
@@ -84,7 +87,7 @@ impl Dialer {
             .next()
             .ok_or_else(|| ClientError::RelayAddr(relay.into()))?;
 
-        let roots = tls::load_roots(ca)?;
+        let roots = trust.roots()?;
         let quic_tls = tls::client_config(roots.clone(), None, &[sat_proto::ALPN_CLIENT])?;
         let bind: SocketAddr = if addr.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -107,6 +110,7 @@ impl Dialer {
             tls: TlsConnector::from(Arc::new(tcp_tls)),
             quic: Mutex::new(None),
             token: String::new(),
+            trust: trust.describe(),
         })
     }
 
@@ -250,7 +254,16 @@ impl Dialer {
         }
     }
 
+    /// Neither way worked: the relay's certificate did not verify (which no retry mends), or
+    /// the relay could not be reached.
     fn unreachable(&self, quic: String, tls: String) -> ClientError {
+        if let Some(reason) = [&quic, &tls].into_iter().find(|e| is_certificate_error(e)) {
+            return ClientError::Untrusted {
+                relay: self.relay.clone(),
+                reason: reason.clone(),
+                trust: self.trust.clone(),
+            };
+        }
         ClientError::Unreachable {
             relay: self.relay.clone(),
             quic,

@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use sat_proto::stream::RejectCode;
 use thiserror::Error;
 
@@ -18,8 +16,25 @@ pub enum ClientError {
         relay: String,
         source: std::io::Error,
     },
-    #[error("no CA to verify the relay with: pass --ca FILE or set SAT_CA (after `sat up`, it is {hint})")]
-    NoCa { hint: PathBuf },
+    /// The system's root store is empty or unreadable, and no `--ca` was given.
+    #[error(
+        "no trusted root certificates on this system ({problems}): install the ca-certificates \
+         package, point SSL_CERT_FILE at a CA bundle, or pass --ca FILE (or set SAT_CA) with the \
+         CA that signed the relays' certificates"
+    )]
+    NoSystemRoots { problems: String },
+    /// The relay's certificate did not verify against what the client trusts.
+    #[error(
+        "relay {relay}: its certificate is not trusted ({reason}); it was checked against \
+         {trust}. If the relays' certificates come from a private CA, pass --ca FILE (or set \
+         SAT_CA) with that CA"
+    )]
+    Untrusted {
+        relay: String,
+        reason: String,
+        /// What it was checked against ([`crate::Trust::describe`]).
+        trust: String,
+    },
     #[error(transparent)]
     Transport(#[from] sat_transport::TransportError),
     /// Neither QUIC nor the TLS fallback reached the relay. Retrying later may help.

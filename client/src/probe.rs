@@ -11,12 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sat_geo::rank::{self, Client, PeerRtts, Relay};
+use sat_proto::control::names_port;
 use sat_proto::control::{RelayInfo, RelayState};
-use sat_transport::routing::geo_relay;
-use sat_transport::{latency, tls};
+use sat_routing::latency;
+use sat_routing::map::geo_relay;
+use sat_transport::tls;
 use tokio_rustls::TlsConnector;
 
-use crate::ClientError;
+use crate::trust::is_certificate_error;
+use crate::{ClientError, Trust};
 
 /// Round trips timed per relay; the fastest counts.
 const SAMPLES: usize = 4;
@@ -40,28 +43,27 @@ pub struct Probed {
 /// Fetches the relay map from the first of `sources` (host:port of relays' HTTPS listeners)
 /// that answers, and probes every relay that is up, in parallel. The result is in ranking
 /// order, the chosen one first, then the relays left out.
-pub async fn probe_relays(
-    sources: &[String],
-    ca: &std::path::Path,
-) -> Result<Vec<Probed>, ClientError> {
-    let prober = Prober::new(ca)?;
+pub async fn probe_relays(sources: &[String], trust: &Trust) -> Result<Vec<Probed>, ClientError> {
+    let prober = Prober::new(trust)?;
     let infos = prober.relay_map(sources).await?;
     let results = prober.time_all(&infos).await;
     Ok(rank_probed(infos, results))
 }
 
-/// Reads relay maps and times relays, trusting one CA.
+/// Reads relay maps and times relays, checking their certificates against one [`Trust`].
 #[derive(Clone)]
 pub struct Prober {
     tls: TlsConnector,
+    /// What certificates are checked against, for the error when one fails.
+    trust: String,
 }
 
 impl Prober {
-    pub fn new(ca: &std::path::Path) -> Result<Self, ClientError> {
-        let roots = tls::load_roots(ca)?;
-        let config = tls::client_config(roots, None, &[b"http/1.1"])?;
+    pub fn new(trust: &Trust) -> Result<Self, ClientError> {
+        let config = tls::client_config(trust.roots()?, None, &[b"http/1.1"])?;
         Ok(Self {
             tls: TlsConnector::from(Arc::new(config)),
+            trust: trust.describe(),
         })
     }
 
@@ -69,11 +71,26 @@ impl Prober {
     /// relay serves the whole map, so any relay that is up will do.
     pub async fn relay_map(&self, sources: &[String]) -> Result<Vec<RelayInfo>, ClientError> {
         let mut errors = Vec::new();
+        let mut untrusted = None;
         for relay in sources {
             match self.relay_map_from(relay).await {
                 Ok(infos) => return Ok(infos),
-                Err(e) => errors.push(format!("relay map from {relay}: {e}")),
+                Err(e) => {
+                    if untrusted.is_none() && is_certificate_error(&e) {
+                        untrusted = Some(ClientError::Untrusted {
+                            relay: relay.clone(),
+                            reason: e.clone(),
+                            trust: self.trust.clone(),
+                        });
+                    }
+                    errors.push(format!("relay map from {relay}: {e}"));
+                }
             }
+        }
+        // A certificate that does not verify is the user's to fix, and the likely reason for
+        // the rest; say that rather than a list of failures.
+        if let Some(untrusted) = untrusted {
+            return Err(untrusted);
         }
         Err(ClientError::Probe(if errors.is_empty() {
             "no relay to ask for the relay map: pass --relay host:port (any relay) or set SAT_RELAY"
@@ -120,12 +137,7 @@ pub fn dial_address(info: &RelayInfo) -> Option<String> {
         .as_deref()
         .and_then(|url| url.strip_prefix("https://"))
         .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned());
-    from_url.or_else(|| {
-        info.addresses
-            .iter()
-            .find(|a| sat_transport::routing::names_port(a))
-            .cloned()
-    })
+    from_url.or_else(|| info.addresses.iter().find(|a| names_port(a)).cloned())
 }
 
 /// The relays that were measured, as the ranking takes them, and the client that measured

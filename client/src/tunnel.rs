@@ -1,8 +1,10 @@
 //! Using a tunnel: as stdin/stdout, or behind a local listener.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use sat_transport::io::{rejection, Prefixed, QuicIo};
+use sat_transport::io::{rejection, Prefixed};
 use sat_transport::splice;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -11,34 +13,58 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::answer::{open_answered, Answered};
+use crate::stdio::{ClosingStdout, QuietAfterEnd, QUIET_AFTER_REMOTE_END};
 use crate::{ClientError, Route};
 
-/// Joins stdin/stdout to `service` until both directions end. A refusal from the relay or the
-/// control plane comes back as [`ClientError::Refused`] with their reason.
+/// How long `sat connect`, done, waits for the relay to acknowledge the end of its input.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
+
+/// Joins stdin/stdout to `service`. A refusal from the relay or the control plane comes back
+/// as [`ClientError::Refused`] with their reason.
+///
+/// The end of stdin becomes a half-close. When the service ends its side, stdout is closed at
+/// once, and the tunnel ends when stdin does, or once stdin has been quiet for
+/// [`QUIET_AFTER_REMOTE_END`]: the program reading stdout may keep stdin open until this one
+/// exits (see `stdio.rs`).
 pub async fn connect(route: &Route, service: &str) -> Result<(), ClientError> {
     let mut stdin = tokio::io::stdin();
-    let stdout = tokio::io::stdout();
+    let stdout = ClosingStdout::new();
     let (answered, relay) = open_answered(route, service, &mut stdin).await?;
     debug!(%relay, "tunnel open");
+    let quiet = Some(QUIET_AFTER_REMOTE_END);
     match answered {
-        Answered::Quic { send, recv, first } => {
-            let (r, w) = tokio::io::split(QuicIo::new(send, recv, first));
-            pump(stdin, stdout, r, w, service).await
+        Answered::Quic {
+            mut send,
+            recv,
+            first,
+        } => {
+            let r = Prefixed::with_pending(recv, first);
+            let pumped = pump(stdin, stdout, r, &mut send, service, quiet).await;
+            if pumped.is_ok() {
+                // The process exits next, and its connection with it: the last of the input
+                // and its end (queued by the shutdown) must reach the relay first.
+                let _ = tokio::time::timeout(FINISH_WAIT, send.stopped()).await;
+            }
+            pumped
         }
         Answered::Tls(stream) => {
             let (r, w) = tokio::io::split(stream);
-            pump(stdin, stdout, Prefixed::awaiting_answer(r), w, service).await
+            let r = Prefixed::awaiting_answer(r);
+            pump(stdin, stdout, r, w, service, quiet).await
         }
     }
 }
 
-/// Copies local → tunnel and tunnel → local at once. End of input becomes a half-close.
+/// Copies local → tunnel and tunnel → local at once. End of input becomes a half-close. With
+/// `quiet_after_end`, local input also counts as ended once it has been quiet that long after
+/// the tunnel's end (for stdin, which has no half-close of its own to wait for).
 async fn pump<LR, LW, TR, TW>(
-    mut local_r: LR,
+    local_r: LR,
     mut local_w: LW,
     mut tunnel_r: TR,
     mut tunnel_w: TW,
     service: &str,
+    quiet_after_end: Option<Duration>,
 ) -> Result<(), ClientError>
 where
     LR: AsyncRead + Unpin,
@@ -46,14 +72,26 @@ where
     TR: AsyncRead + Unpin,
     TW: AsyncWrite + Unpin,
 {
+    let remote_ended = AtomicBool::new(false);
     let up = async {
-        tokio::io::copy(&mut local_r, &mut tunnel_w).await?;
+        match quiet_after_end {
+            Some(quiet) => {
+                let mut local_r = QuietAfterEnd::new(local_r, &remote_ended, quiet);
+                tokio::io::copy(&mut local_r, &mut tunnel_w).await?
+            }
+            None => {
+                let mut local_r = local_r;
+                tokio::io::copy(&mut local_r, &mut tunnel_w).await?
+            }
+        };
         tunnel_w.shutdown().await
     };
     let down = async {
         tokio::io::copy(&mut tunnel_r, &mut local_w).await?;
         local_w.flush().await?;
-        local_w.shutdown().await
+        local_w.shutdown().await?;
+        remote_ended.store(true, Ordering::Release);
+        Ok(())
     };
     splice::join_refusal_first(up, down, |e| rejection(e).is_some())
         .await
@@ -132,7 +170,7 @@ async fn forward_one(route: &Route, mut tcp: TcpStream, service: &str) -> Result
         Answered::Tls(stream) => {
             let (tr, tw) = tokio::io::split(stream);
             let (lr, lw) = tcp.into_split();
-            pump(lr, lw, Prefixed::awaiting_answer(tr), tw, service).await
+            pump(lr, lw, Prefixed::awaiting_answer(tr), tw, service, None).await
         }
     }
 }

@@ -11,7 +11,7 @@ use sat_transport::header::next_frame;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,7 +41,7 @@ pub(crate) async fn run(
     }
     shared.registry.connected(&hello, conn);
     let location = hello.location.map(|l| (l.lat, l.lon));
-    let now = crate::publish::now_ms();
+    let now = sat_proto::clock::unix_millis();
     if let Err(e) = shared
         .store
         .touch_relay(cert_name, &hello.version, &hello.addresses, location, now)

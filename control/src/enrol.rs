@@ -9,14 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Connection;
+use sat_proto::clock;
 use sat_proto::control::{Enrol, Enrolled, Frame, FrameDecoder, Refused, Renew, Renewed};
 use sat_proto::stream::validate_service_name;
 use sat_transport::header::next_frame;
 use tracing::{info, warn};
 
-use crate::publish::now_ms;
+use crate::authorize::authorize;
+use crate::metrics::EnrolRefusal;
 use crate::secrets::sha256_hex;
-use crate::server::{self, Shared};
+use crate::state::Shared;
 use crate::store::{AuditRecord, RedeemRefusal, RelayAdminState, RelayRecord};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,14 +34,25 @@ pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>) {
     let answer = match request {
         Ok(Ok(Some(Frame::Enrol(req)))) => enrol(req, &shared).await,
         Ok(Ok(Some(Frame::Renew(req)))) => renew(req, &conn, &shared).await,
-        Ok(Ok(other)) => Err(format!("expected Enrol or Renew, got {other:?}")),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Ok(Ok(other)) => Err(bad_request(format!(
+            "expected Enrol or Renew, got {other:?}"
+        ))),
+        Ok(Err(e)) => Err(bad_request(e)),
+        Err(_) => Err(bad_request(format!(
+            "no request within {REQUEST_TIMEOUT:?}"
+        ))),
     };
-    let frame = answer.unwrap_or_else(|reason| {
-        warn!(peer = %conn.remote_address(), "refused: {reason}");
-        Frame::Refused(Refused { reason })
-    });
+    let frame = match answer {
+        Ok(frame) => {
+            shared.metrics.enrolled(matches!(frame, Frame::Renewed(_)));
+            frame
+        }
+        Err((why, reason)) => {
+            shared.metrics.enrol_refused(why);
+            warn!(peer = %conn.remote_address(), "refused: {reason}");
+            Frame::Refused(Refused { reason })
+        }
+    };
     if send.write_all(&frame.to_bytes()).await.is_ok() {
         let _ = send.finish();
         // The relay closes once it has the answer; do not cut the answer short.
@@ -47,27 +60,46 @@ pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>) {
     }
 }
 
-async fn enrol(req: Enrol, shared: &Shared) -> Result<Frame, String> {
+/// A refusal: why, for `/metrics`, and what the relay is told.
+type Refusal = (EnrolRefusal, String);
+
+fn bad_request(text: String) -> Refusal {
+    (EnrolRefusal::BadRequest, text)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    let text = format!("the control plane cannot reach its store ({e}); retry");
+    (EnrolRefusal::StoreUnavailable, text)
+}
+
+fn bad_csr(e: impl std::fmt::Display) -> Refusal {
+    (EnrolRefusal::BadCsr, e.to_string())
+}
+
+async fn enrol(req: Enrol, shared: &Shared) -> Result<Frame, Refusal> {
     let store = &shared.store;
-    let unavailable = |e| format!("the control plane cannot reach its store ({e}); retry");
     let token = store
         .relay_token(&req.token_id)
         .await
         .map_err(unavailable)?
-        .ok_or("the enrolment token is not known to this control plane; check that it was created here with `sat admin relay-token create`")?;
-    let name = token.name.clone().or(req.name.clone()).ok_or(
-        "neither the token nor the relay names the relay; set [relay] name in relay.toml, or create the token with --name",
-    )?;
-    validate_service_name(&name).map_err(|e| format!("relay name \"{name}\": {e}"))?;
+        .ok_or((EnrolRefusal::UnknownToken, "the enrolment token is not known to this control plane; check that it was created here with `sat admin relay-token create`".to_owned()))?;
+    let name = token.name.clone().or(req.name.clone()).ok_or((EnrolRefusal::BadName,
+        "neither the token nor the relay names the relay; set [relay] name in relay.toml, or create the token with --name".to_owned(),
+    ))?;
+    validate_service_name(&name)
+        .map_err(|e| (EnrolRefusal::BadName, format!("relay name \"{name}\": {e}")))?;
     if let Some(existing) = store.relay(&name).await.map_err(unavailable)? {
         if token.name.is_none() && existing.state != RelayAdminState::Revoked {
-            return Err(format!(
+            return Err((
+                EnrolRefusal::BadName,
+                format!(
                 "a relay named \"{name}\" is already enrolled; to replace it create a token with \
                  `--name {name}`, or give this relay another name"
+            ),
             ));
         }
     }
-    let now = now_ms();
+    let now = clock::unix_millis();
     let hash = sha256_hex(&req.secret);
     match store
         .redeem_relay_token(&req.token_id, &hash, &name, now)
@@ -75,12 +107,12 @@ async fn enrol(req: Enrol, shared: &Shared) -> Result<Frame, String> {
         .map_err(unavailable)?
     {
         Ok(_) => {}
-        Err(refusal) => return Err(refusal_text(&refusal)),
+        Err(refusal) => return Err((refusal_reason(&refusal), refusal_text(&refusal))),
     }
     let signed = shared
         .ca
         .sign_csr(&req.csr_pem, &name, shared.control.relay_cert_lifetime)
-        .map_err(|e| e.to_string())?;
+        .map_err(bad_csr)?;
     let record = RelayRecord {
         name: name.clone(),
         region: token.region.clone(),
@@ -122,6 +154,15 @@ async fn enrol(req: Enrol, shared: &Shared) -> Result<Frame, String> {
     }))
 }
 
+fn refusal_reason(refusal: &RedeemRefusal) -> EnrolRefusal {
+    match refusal {
+        RedeemRefusal::Unknown => EnrolRefusal::UnknownToken,
+        RedeemRefusal::WrongSecret => EnrolRefusal::WrongSecret,
+        RedeemRefusal::Used { .. } => EnrolRefusal::UsedToken,
+        RedeemRefusal::Expired { .. } => EnrolRefusal::ExpiredToken,
+    }
+}
+
 fn refusal_text(refusal: &RedeemRefusal) -> String {
     let again = "create a new one with `sat admin relay-token create`";
     match refusal {
@@ -140,19 +181,24 @@ fn refusal_text(refusal: &RedeemRefusal) -> String {
     }
 }
 
-async fn renew(req: Renew, conn: &Connection, shared: &Shared) -> Result<Frame, String> {
-    let name = server::authorize(conn, shared)
+async fn renew(req: Renew, conn: &Connection, shared: &Shared) -> Result<Frame, Refusal> {
+    let name = authorize(conn, shared)
         .await
-        .map_err(|r| r.reason)?;
+        .map_err(|r| (EnrolRefusal::NotAuthorized, r.reason))?;
     let signed = shared
         .ca
         .sign_csr(&req.csr_pem, &name, shared.control.relay_cert_lifetime)
-        .map_err(|e| e.to_string())?;
+        .map_err(bad_csr)?;
     shared
         .store
-        .insert_relay_cert(&signed.serial, &name, now_ms(), signed.not_after * 1000)
+        .insert_relay_cert(
+            &signed.serial,
+            &name,
+            clock::unix_millis(),
+            signed.not_after * 1000,
+        )
         .await
-        .map_err(|e| format!("the control plane cannot reach its store ({e}); retry"))?;
+        .map_err(unavailable)?;
     info!(relay = %name, serial = %signed.serial, "renewed a relay certificate");
     Ok(Frame::Renewed(Renewed {
         cert_chain_pem: signed.cert_pem,

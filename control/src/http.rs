@@ -5,48 +5,22 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use quinn::{RecvStream, SendStream};
 use sat_transport::http::{gather_small, splice_upgraded, text, Body};
 use sat_transport::io::QuicIo;
+use sat_transport::metrics::StreamClass;
 use tracing::{debug, info};
 
-use crate::config::BackendSection;
-use crate::server::{accept, Shared};
+use crate::answer::accept;
 use crate::services::Service;
-
-/// Keep-alive connections to HTTP backends, keyed by backend address.
-#[derive(Clone)]
-pub(crate) struct Pool {
-    client: Client<HttpConnector, Incoming>,
-    response_timeout: Duration,
-    connect_timeout: Duration,
-}
-
-impl Pool {
-    pub fn new(config: &BackendSection) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self {
-            client,
-            response_timeout: config.response_timeout,
-            connect_timeout: config.connect_timeout,
-        }
-    }
-}
+use crate::state::Shared;
 
 pub(crate) async fn serve(
     service: Arc<Service>,
@@ -102,34 +76,48 @@ async fn forward(
         }
     };
     *req.uri_mut() = uri;
-    let method = req.method().clone();
+    let asked = Instant::now();
+    let resp = respond(&service, &shared, req, user_upgrade).await;
+    shared.metrics.request_took(asked);
+    shared.metrics.http_responses.count(resp.status());
+    Ok(resp)
+}
+
+/// The backend's response to `req`, or ours saying why there is none.
+async fn respond(
+    service: &Service,
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    user_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
     let pool = &shared.http;
+    let method = req.method().clone();
     let result = tokio::time::timeout(pool.response_timeout, pool.client.request(req)).await;
     let mut resp = match result {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Ok(backend_error(&service, &e, pool.connect_timeout)),
+        Ok(Err(e)) => return backend_error(service, &e, pool.connect_timeout),
         Err(_) => {
             info!(backend = %service.backend, "backend did not answer in time");
             let msg = format!(
                 "backend of service \"{}\" did not answer within {:?}",
                 service.name, pool.response_timeout
             );
-            return Ok(text(StatusCode::GATEWAY_TIMEOUT, msg));
+            return text(StatusCode::GATEWAY_TIMEOUT, msg);
         }
     };
     debug!(%method, status = resp.status().as_u16(), "forwarded");
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(user_upgrade) = user_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
-            shared
-                .streams
-                .spawn(splice_upgraded(user_upgrade, backend_upgrade));
+            let open = shared.metrics.streams.open(StreamClass::Upgrade);
+            shared.streams.spawn(async move {
+                splice_upgraded(user_upgrade, backend_upgrade).await;
+                drop(open);
+            });
         }
+        return resp.map(BodyExt::boxed);
     }
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(resp.map(BodyExt::boxed));
-    }
-    Ok(gather_small(resp).await.unwrap_or_else(|e| {
+    gather_small(resp).await.unwrap_or_else(|e| {
         info!(backend = %service.backend, "backend response body failed: {e}");
         text(
             StatusCode::BAD_GATEWAY,
@@ -138,7 +126,7 @@ async fn forward(
                 service.name
             ),
         )
-    }))
+    })
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {

@@ -11,6 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
+use sat_proto::clock;
 
 use crate::ControlError;
 
@@ -235,7 +236,7 @@ fn leaf_params(
 }
 
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
-    let now = time::OffsetDateTime::now_utc();
+    let now = time::OffsetDateTime::UNIX_EPOCH + clock::unix_now();
     // Back-date a little so that peers with a slightly slow clock accept a fresh certificate.
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);

@@ -1,25 +1,20 @@
-//! The config every relay runs, and the task that republishes it.
+//! The task that republishes the config every relay runs (a [`Snapshot`]).
 //!
-//! A snapshot is built from the store (services, relays, signing keys, revocations) and the
-//! registry (which relays are up). The publisher rebuilds it when an admin change wakes it,
-//! and checks relay health four times a second, so that a relay going silent for 2 s, or
-//! coming back, reaches every relay within a second. Each new snapshot gets the next
+//! The publisher rebuilds the snapshot when an admin change wakes it, and checks relay health
+//! four times a second, so that a relay going silent for 2 s, or coming back, reaches every
+//! relay within a second. Each new snapshot gets the next
 //! generation from the store, so generations keep growing across restarts.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sat_proto::access::VerifyKey;
-use sat_proto::control::{ConfigPush, RelayInfo, RelayState, RoutingTable};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use sat_proto::control::RelayInfo;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::registry::{Health, Registry};
-use crate::server::Shared;
-use crate::services::ServiceTable;
-use crate::store::{RelayAdminState, RelayRecord, ServiceRecord, Store, StoreError};
+use crate::snapshot::{PublishRequest, Snapshot, Sources};
+use crate::state::Shared;
 
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
 /// Round trips, loads and the routing table in the pushed map are at most this old.
@@ -30,86 +25,6 @@ const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// on them for 10 s sends clients and DNS answers to the wrong relay.
 const MOVED_BY: Duration = Duration::from_millis(5);
 const MOVED_GAP: Duration = Duration::from_secs(1);
-
-/// What the control channels push and the stream handlers dial by.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub services: ServiceTable,
-    pub push: ConfigPush,
-}
-
-/// The store's part of a snapshot, reloaded only when something in the store changed.
-pub(crate) struct Sources {
-    services: Vec<ServiceRecord>,
-    relays: Vec<RelayRecord>,
-    keys: Vec<VerifyKey>,
-    revoked: Vec<String>,
-}
-
-impl Sources {
-    pub(crate) async fn load(store: &Store, keys: Vec<VerifyKey>) -> Result<Self, StoreError> {
-        Ok(Self {
-            services: store.services().await?,
-            relays: store.relays().await?,
-            keys,
-            revoked: store.revoked_access_tokens(now_ms()).await?,
-        })
-    }
-
-    pub(crate) fn snapshot(
-        &self,
-        generation: u64,
-        relays: Vec<RelayInfo>,
-        routing: RoutingTable,
-    ) -> Snapshot {
-        let services = ServiceTable::from_records(&self.services);
-        let push = ConfigPush {
-            generation,
-            services: services.infos(),
-            relays,
-            access_keys: self.keys.clone(),
-            revoked_tokens: self.revoked.clone(),
-            routing,
-        };
-        Snapshot { services, push }
-    }
-
-    /// Every relay that is not revoked, with its state as of now.
-    pub(crate) fn relays(&self, registry: &Registry) -> Vec<RelayInfo> {
-        let now = Instant::now();
-        self.relays
-            .iter()
-            .filter(|r| r.state != RelayAdminState::Revoked)
-            .map(|r| {
-                let live = registry.view(&r.name, now);
-                let health = live.as_ref().map_or(Health::Down, |l| l.health);
-                let state = match (r.state, health) {
-                    (RelayAdminState::Drained, _) | (_, Health::Draining) => RelayState::Draining,
-                    (_, Health::Up) => RelayState::Up,
-                    (_, Health::Down) => RelayState::Down,
-                };
-                RelayInfo {
-                    name: r.name.clone(),
-                    region: r.region.clone(),
-                    state,
-                    addresses: live
-                        .as_ref()
-                        .map_or_else(|| r.addresses.clone(), |l| l.addresses.clone()),
-                    location: live.as_ref().and_then(|l| l.location).or(r
-                        .location
-                        .map(|(lat, lon)| sat_proto::control::Location { lat, lon })),
-                    rtt_us: live.as_ref().and_then(|l| l.rtt_us).unwrap_or(0),
-                    load: live.as_ref().and_then(|l| l.load).unwrap_or(0.0),
-                    latency_url: live.and_then(|l| l.latency_url),
-                }
-            })
-            .collect()
-    }
-}
-
-/// A request to publish what the store holds now; answered with the generation that
-/// includes it.
-pub(crate) type PublishRequest = oneshot::Sender<u64>;
 
 /// Republishes until `stop`: at once for each request (see [`Shared::publish`]), and whenever
 /// a relay's state changes.
@@ -224,16 +139,10 @@ fn log_changes(before: &[RelayInfo], after: &[RelayInfo]) {
     }
 }
 
-/// Wall-clock unix milliseconds, the store's unit of time.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sat_proto::control::RelayState;
 
     fn relay(name: &str, rtt_ms: u64) -> RelayInfo {
         RelayInfo {

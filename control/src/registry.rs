@@ -9,6 +9,7 @@ use std::time::Duration;
 use quinn::Connection;
 use sat_proto::control::{Heartbeat, Hello, Location, PeerRtt, RoutingTable};
 use sat_proto::liveness::HEARTBEAT_TIMEOUT;
+use sat_transport::metrics::{QuicCounters, QuicTally};
 use tokio::time::Instant;
 
 use crate::routing::{self, ClientRtts};
@@ -43,6 +44,8 @@ pub struct LiveView {
 
 struct Uplink {
     conn: Connection,
+    /// What of the connection's QUIC figures `/metrics` has counted.
+    tally: QuicTally,
     last_heartbeat: Option<Instant>,
     beat: Option<Heartbeat>,
 }
@@ -81,6 +84,7 @@ impl Registry {
             conn.stable_id(),
             Uplink {
                 conn: conn.clone(),
+                tally: QuicTally::default(),
                 // The Hello counts as the first sign of life.
                 last_heartbeat: Some(Instant::now()),
                 beat: None,
@@ -105,11 +109,28 @@ impl Registry {
         }
     }
 
-    pub fn disconnected(&self, relay: &str, conn: &Connection) {
+    /// Forgets an uplink that closed, counting its last QUIC figures into `quic`.
+    pub fn disconnected(&self, relay: &str, conn: &Connection, quic: &QuicCounters) {
         let mut relays = self.lock();
         if let Some(live) = relays.get_mut(relay) {
-            live.uplinks.remove(&conn.stable_id());
+            if let Some(up) = live.uplinks.remove(&conn.stable_id()) {
+                up.tally.fold(&up.conn, quic);
+            }
         }
+    }
+
+    /// Counts every connected uplink's QUIC figures since the last call into `quic`.
+    pub fn fold_quic(&self, quic: &QuicCounters) {
+        for live in self.lock().values() {
+            for up in live.uplinks.values() {
+                up.tally.fold(&up.conn, quic);
+            }
+        }
+    }
+
+    /// Uplinks connected now, over all relays.
+    pub fn uplink_count(&self) -> usize {
+        self.lock().values().map(|l| l.uplinks.len()).sum()
     }
 
     /// Closes every uplink of `relay` with `reason`. Returns how many there were.

@@ -1,17 +1,18 @@
 //! Secrets the control plane makes for itself on first start: the key that signs service
-//! access tokens, and the first admin token. Both live in the store (only a hash of the admin
-//! token); the admin token is also written to `<data_dir>/admin.token` for the operator, and
-//! is never logged.
+//! access tokens, the first admin token, and the read-only status token. The first two live in
+//! the store (only a hash of the admin token); the admin token is also written to
+//! `<data_dir>/admin.token` for the operator, and the status token to `<data_dir>/status.token`.
+//! No token is ever logged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::RngCore;
 use sat_proto::access::{AccessClaims, SigningKey, VerifyKey};
+use sat_proto::clock;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::publish::now_ms;
 use crate::store::{AdminTokenRecord, SigningKeyRecord, Store};
 use crate::ControlError;
 
@@ -29,7 +30,7 @@ impl Signer {
             let record = SigningKeyRecord {
                 id: random_hex(8),
                 pkcs8: SigningKey::generate_pkcs8(),
-                created_at: now_ms(),
+                created_at: clock::unix_millis(),
             };
             store.insert_signing_key(&record).await?;
             info!(kid = %record.id, "created the access-token signing key");
@@ -78,12 +79,77 @@ pub async fn ensure_admin_token(store: &Store, dir: &Path) -> Result<(), Control
         id: random_hex(8),
         hash: sha256_hex(&token),
         name: "admin.token".into(),
-        created_at: now_ms(),
+        created_at: clock::unix_millis(),
     };
     store.insert_admin_token(&record).await?;
     crate::pki::write_file(&path, &format!("{token}\n"), 0o600)?;
     info!(path = %path.display(), "created an admin token (mode 0600)");
     Ok(())
+}
+
+/// The read-only status token: it opens the status page and its JSON (`GET /status`,
+/// `GET /api/status`) and nothing else, so it can sit in a bookmark or a wall display's URL.
+/// It lives in `<data_dir>/status.token` (mode 0600), made whenever the file is missing at
+/// start; this process keeps only its SHA-256. Deleting the file and restarting replaces it,
+/// and the old one stops working.
+pub struct StatusToken {
+    digest: [u8; 32],
+    path: PathBuf,
+}
+
+impl StatusToken {
+    /// Reads `<dir>/status.token`, or makes it if it is missing or empty.
+    pub fn load_or_create(dir: &Path) -> Result<Self, ControlError> {
+        let path = dir.join("status.token");
+        let io = |source| ControlError::Io {
+            path: path.clone(),
+            source,
+        };
+        let existing = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_owned()).filter(|t| !t.is_empty()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
+        let token = match existing {
+            Some(token) => token,
+            None => {
+                let token = format!("sat_status_{}", random_hex(32));
+                crate::pki::write_file(&path, &format!("{token}\n"), 0o600)?;
+                info!(path = %path.display(), "created a status token (mode 0600)");
+                token
+            }
+        };
+        // Absolute, so that the refusal can tell a browser user where to look.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        Ok(Self {
+            digest: Sha256::digest(token.as_bytes()).into(),
+            path,
+        })
+    }
+
+    /// Whether `presented` is the status token. Compares digests in constant time, so the
+    /// time taken says nothing about how much of a guess was right.
+    pub fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digest
+            .iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Where the token is, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for StatusToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusToken")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 pub fn sha256_hex(text: &str) -> String {
@@ -94,4 +160,38 @@ pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
     sat_transport::pin::hex(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_status_token_is_made_once_private_and_matches_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = StatusToken::load_or_create(dir.path()).unwrap();
+        let file = dir.path().join("status.token");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let token = text.trim();
+        assert!(token.starts_with("sat_status_"), "{token}");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(made.matches(token));
+        assert!(!made.matches(""));
+        assert!(!made.matches(&token[..token.len() - 1]));
+        assert!(!format!("{made:?}").contains(token));
+
+        // A restart reads the same token back.
+        let again = StatusToken::load_or_create(dir.path()).unwrap();
+        assert!(again.matches(token));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+        assert!(again.path().is_absolute());
+
+        // Deleted: a new one, and the old one is no good.
+        std::fs::remove_file(&file).unwrap();
+        let fresh = StatusToken::load_or_create(dir.path()).unwrap();
+        assert!(!fresh.matches(token));
+    }
 }

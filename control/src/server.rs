@@ -1,70 +1,29 @@
-//! The control plane's entry point and the life of one uplink connection.
+//! The control plane's entry point: the sockets it serves, and `run`, which starts every task
+//! and drains them at the end.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
 use rustls::RootCertStore;
-use sat_geo::dns::{self, DnsConfig, DnsSection, DnsSockets};
-use sat_geo::geoip::GeoIp;
-use sat_proto::close;
-use sat_proto::stream::{RejectCode, Response, StreamHeader, StreamKind};
-use sat_transport::header::{self, HeaderError};
+use sat_geo::dns::{DnsSection, DnsSockets};
 use sat_transport::pin::CertSlot;
-use sat_transport::routing::dns_table;
-use sat_transport::tls::{self, ClientAuth, Identity, QuicLimits};
-use tokio::sync::{mpsc, oneshot, watch};
+use sat_transport::tls::{self, ClientAuth, QuicLimits};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{info, warn};
 
-use crate::config::{BackendSection, ControlSection};
-use crate::pki::{Ca, Usage};
-use crate::publish::{self, Snapshot, Sources};
+use crate::certs::{renew_server_cert, server_identity};
+use crate::pki::Ca;
+use crate::pool::Pool;
 use crate::registry::Registry;
-use crate::secrets::Signer;
-use crate::store::{RelayAdminState, Store};
-use crate::{admin, channel, enrol, http, tunnel, ControlConfig, ControlError};
-
-/// How long a relay has to send a stream's header once it opened the stream.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The control plane's own uplink certificate: reissued at every start and every day, when
-/// expired relay certificates are also forgotten.
-const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
-const SERVER_CERT_RENEW_EVERY: Duration = Duration::from_secs(24 * 3600);
-
-/// What every task of this process shares.
-pub(crate) struct Shared {
-    pub store: Store,
-    pub ca: Ca,
-    pub signer: Signer,
-    pub registry: Registry,
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// Asks the publisher to publish what the store holds; see [`Shared::publish`].
-    pub publish_requests: mpsc::UnboundedSender<publish::PublishRequest>,
-    pub control: ControlSection,
-    pub backend: BackendSection,
-    pub http: http::Pool,
-    /// Cancelled when the process starts draining: new streams are refused from then on.
-    pub draining: CancellationToken,
-    /// Every data stream in flight, so that a drain can wait for them.
-    pub streams: TaskTracker,
-}
-
-/// How long a change waits for the publisher before its caller carries on regardless.
-const PUBLISH_WAIT: Duration = Duration::from_secs(2);
-
-impl Shared {
-    /// Publishes what the store holds now, and returns once relays have been sent a config
-    /// that includes it: an operator who adds a service and then uses it finds it there.
-    pub(crate) async fn publish(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.publish_requests.send(tx).is_ok() {
-            let _ = tokio::time::timeout(PUBLISH_WAIT, rx).await;
-        }
-    }
-}
+use crate::secrets::{Signer, StatusToken};
+use crate::snapshot::Sources;
+use crate::state::{Listening, Shared};
+use crate::store::Store;
+use crate::uplink::serve_uplink;
+use crate::{admin, dns, publish, services, ControlConfig, ControlError};
 
 /// The sockets a control plane serves, bound by the caller before `run`.
 pub struct Sockets {
@@ -127,13 +86,14 @@ pub async fn run(
             source,
         })?;
     let store = Store::open(&dir.join("sat.db")).await?;
-    seed_services(&store, &config).await?;
+    services::seed(&store, &config).await?;
     let ca = match &config.ca {
         Some(files) => Ca::load_files(&files.cert, &files.key)?,
         None => Ca::load_or_create(dir, "Satellite control plane CA")?,
     };
     let signer = Signer::load_or_create(&store).await?;
     crate::secrets::ensure_admin_token(&store, dir).await?;
+    let status_token = StatusToken::load_or_create(dir)?;
 
     let certs = Arc::new(CertSlot::new(&server_identity(
         &ca,
@@ -152,6 +112,10 @@ pub async fn run(
         path: dir.join("quic-reset.key"),
         source,
     })?;
+    let listening = Listening {
+        uplink: sockets.uplink.local_addr().ok(),
+        admin: sockets.admin.local_addr().ok(),
+    };
     let endpoint = tls::server_endpoint(sockets.uplink, server, Some(&reset))
         .map_err(ControlError::Endpoint)?;
 
@@ -179,11 +143,15 @@ pub async fn run(
         registry,
         snapshot,
         publish_requests,
-        http: http::Pool::new(&config.backend),
+        http: Pool::new(&config.backend),
         control: config.control.clone(),
         backend: config.backend.clone(),
         draining: shutdown.clone(),
         streams: TaskTracker::new(),
+        geoip: geoip.clone(),
+        status_token,
+        listening,
+        metrics: crate::metrics::Metrics::new(),
     });
 
     let background = TaskTracker::new();
@@ -207,10 +175,11 @@ pub async fn run(
         stop_background.clone(),
     ));
     if let (Some(dns), Some(sockets), Some(geoip)) = (&config.dns, sockets.dns, geoip) {
-        background.spawn(serve_dns(
+        background.spawn(dns::serve(
             dns.authority.clone(),
             sockets,
             geoip,
+            shared.metrics.dns.clone(),
             shared.snapshot.clone(),
             stop_background.clone(),
         ));
@@ -257,275 +226,4 @@ pub async fn run(
     shared.store.close().await;
     info!("control plane stopped");
     Ok(())
-}
-
-/// Geo DNS from this control plane's own snapshots, the relay map it pushes: a relay it marks
-/// down or draining leaves the answers with the snapshot that says so, as it leaves the relays'
-/// answers with the push.
-async fn serve_dns(
-    config: DnsConfig,
-    sockets: DnsSockets,
-    geoip: Arc<GeoIp>,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    stop: CancellationToken,
-) {
-    let to_table = |s: &Arc<Snapshot>| Some(dns_table(&s.push.relays, &s.push.routing));
-    if let Err(e) = dns::serve_from(config, sockets, geoip, snapshots, to_table, stop).await {
-        error!("{e}");
-    }
-}
-
-/// On the very first start, `[[service]]` entries of the config become the store's services.
-/// Later starts leave the store alone: from then on services are managed with `sat admin`.
-async fn seed_services(store: &Store, config: &ControlConfig) -> Result<(), ControlError> {
-    if store.meta("seeded").await?.is_some() {
-        if !config.services.is_empty() {
-            info!("[[service]] entries in the config were seeded on first start; the store is authoritative now (use `sat admin services`)");
-        }
-        return Ok(());
-    }
-    let now = publish::now_ms();
-    for s in &config.services {
-        let record = crate::store::ServiceRecord {
-            name: s.name.clone(),
-            kind: s.kind,
-            backend: s.backend.clone(),
-            hostnames: s.hostnames.clone(),
-            access: s.access,
-            created_at: now,
-        };
-        store.insert_service(&record).await?;
-    }
-    store.set_meta("seeded", &now.to_string()).await?;
-    info!(
-        services = config.services.len(),
-        "seeded services from the config"
-    );
-    Ok(())
-}
-
-fn server_identity(ca: &Ca, names: &[String]) -> Result<Identity, ControlError> {
-    let issued = ca.issue(names, Usage::Server, SERVER_CERT_LIFETIME)?;
-    // The CA goes in the chain so that a relay enrolling with a pinned fingerprint finds it.
-    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
-    Ok(Identity::from_pem(&chain, &issued.key_pem)?)
-}
-
-async fn renew_server_cert(shared: Arc<Shared>, certs: Arc<CertSlot>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(SERVER_CERT_RENEW_EVERY) => {}
-            () = stop.cancelled() => return,
-        }
-        let renewed = server_identity(&shared.ca, &shared.control.server_names)
-            .and_then(|id| Ok(certs.replace(&id)?));
-        match renewed {
-            Ok(()) => info!("renewed the control plane's uplink certificate"),
-            Err(e) => warn!("cannot renew the control plane's uplink certificate: {e}"),
-        }
-        // Records of relay certificates that expired a day ago or more serve no purpose.
-        let day = SERVER_CERT_RENEW_EVERY.as_millis() as i64;
-        match shared
-            .store
-            .prune_relay_certs(publish::now_ms() - day)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => info!(pruned = n, "forgot expired relay certificates"),
-            Err(e) => warn!("cannot prune expired relay certificates: {e}"),
-        }
-    }
-}
-
-async fn serve_uplink(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
-            // A relay with a certificate we do not trust lands here.
-            warn!(peer = %remote, "uplink handshake failed: {e}");
-            return;
-        }
-    };
-    if tls::alpn(&conn).as_deref() == Some(sat_proto::ALPN_ENROL) {
-        let span = info_span!("enrol", conn = conn.stable_id(), peer = %remote);
-        return enrol::serve(conn, shared).instrument(span).await;
-    }
-    let relay = match authorize(&conn, &shared).await {
-        Ok(name) => name,
-        Err(Refusal { code, reason }) => {
-            warn!(peer = %remote, "refusing uplink: {reason}");
-            return conn.close(code.into(), reason.as_bytes());
-        }
-    };
-    let span = info_span!("uplink", conn = conn.stable_id(), peer = %remote, relay = %relay);
-    async move {
-        let (send, recv) = match tokio::time::timeout(HEADER_TIMEOUT, conn.accept_bi()).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return debug!("uplink closed before its control channel: {e}"),
-            Err(_) => {
-                warn!("no control channel within {HEADER_TIMEOUT:?}; closing");
-                return conn.close(close::PROTOCOL_ERROR.into(), b"no control channel");
-            }
-        };
-        let channel = channel::run(send, recv, &conn, &relay, &shared);
-        let accepting = accept_streams(&conn, &shared);
-        tokio::pin!(accepting);
-        tokio::select! {
-            result = channel => {
-                match (result, conn.close_reason()) {
-                    (Err(_), Some(closed)) => info!("uplink closed: {closed}"),
-                    (Err(reason), None) => {
-                        warn!("closing uplink: {reason}");
-                        conn.close(close::PROTOCOL_ERROR.into(), reason.as_bytes());
-                    }
-                    // A goodbye: the relay opens no new streams here, but some may be on
-                    // their way; serve them until the relay closes the connection.
-                    (Ok(()), _) => {
-                        shared.registry.disconnected(&relay, &conn);
-                        accepting.await;
-                    }
-                }
-            }
-            () = &mut accepting => {}
-        }
-        shared.registry.disconnected(&relay, &conn);
-    }
-    .instrument(span)
-    .await
-}
-
-/// Why a peer was turned away, and whether it may try again as it is.
-pub(crate) struct Refusal {
-    pub code: u32,
-    pub reason: String,
-}
-
-impl From<&str> for Refusal {
-    fn from(reason: &str) -> Self {
-        String::from(reason).into()
-    }
-}
-
-impl From<String> for Refusal {
-    fn from(reason: String) -> Self {
-        Self {
-            code: close::REFUSED,
-            reason,
-        }
-    }
-}
-
-/// Who the peer of an uplink is, if we let it in: a certificate this control plane issued,
-/// to a relay that is not revoked.
-pub(crate) async fn authorize(conn: &Connection, shared: &Shared) -> Result<String, Refusal> {
-    let leaf = tls::peer_leaf(conn).ok_or(
-        "no client certificate: an uplink needs the certificate the relay got at enrolment",
-    )?;
-    let name = tls::leaf_name(&leaf).ok_or("client certificate names no relay")?;
-    let (serial, _) = tls::serial_and_expiry(&leaf).ok_or("unreadable client certificate")?;
-    let unavailable = |e| Refusal {
-        code: close::TRY_AGAIN,
-        reason: format!("control plane cannot check relay identity now ({e}); retry"),
-    };
-    // The relay's state first: a revoked relay hears that it is revoked, not merely that its
-    // certificate (forgotten at the revocation) is unknown.
-    match shared.store.relay(&name).await.map_err(unavailable)? {
-        Some(r) if r.state == RelayAdminState::Revoked => {
-            return Err(format!(
-                "relay \"{name}\" has been revoked by an operator; to bring it back, enrol it \
-                 again with a new token"
-            )
-            .into())
-        }
-        // Not registered: its certificate cannot be ours either, which the check below says.
-        Some(_) | None => {}
-    }
-    let owner = shared
-        .store
-        .cert_owner(&serial)
-        .await
-        .map_err(unavailable)?;
-    if owner.as_deref() != Some(name.as_str()) {
-        return Err(format!(
-            "certificate {serial} for \"{name}\" is unknown to this control plane (replaced by \
-             a newer enrolment, or never issued here); enrol the relay again with a new token \
-             (`sat admin relay-token create`)"
-        )
-        .into());
-    }
-    Ok(name)
-}
-
-async fn accept_streams(conn: &Connection, shared: &Arc<Shared>) {
-    loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                shared
-                    .streams
-                    .spawn(serve_stream(send, recv, shared.clone()).in_current_span());
-            }
-            Err(e) => {
-                info!("uplink closed: {e}");
-                return;
-            }
-        }
-    }
-}
-
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
-    let (header, first) = match header::read(&mut recv, StreamHeader::decode, HEADER_TIMEOUT).await
-    {
-        Ok(h) => h,
-        Err(HeaderError::Eof) => return,
-        Err(e) => {
-            debug!("bad stream header: {e}");
-            return reject(&mut send, RejectCode::BadHeader, e.to_string()).await;
-        }
-    };
-    let span = info_span!("stream", service = %header.service, user = %header.user_addr);
-    async move {
-        if shared.draining.is_cancelled() {
-            return reject(
-                &mut send,
-                RejectCode::Draining,
-                "control plane is draining; retry",
-            )
-            .await;
-        }
-        let service = shared.snapshot.borrow().services.get(&header.service);
-        let Some(service) = service else {
-            let msg = format!("unknown service \"{}\"", header.service);
-            return reject(&mut send, RejectCode::UnknownService, msg).await;
-        };
-        if service.kind != header.kind {
-            let msg = format!(
-                "service \"{}\" is {}, not {}",
-                service.name, service.kind, header.kind
-            );
-            return reject(&mut send, RejectCode::WrongKind, msg).await;
-        }
-        match header.kind {
-            StreamKind::Tcp => tunnel::serve(&service, first, send, recv, &shared.backend).await,
-            StreamKind::Http => http::serve(service, first, send, recv, &shared).await,
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// Answers a stream with a refusal and closes our side of it.
-pub(crate) async fn reject(send: &mut SendStream, code: RejectCode, message: impl Into<String>) {
-    let response = Response::reject(code, message);
-    let mut buf = bytes::BytesMut::new();
-    response.encode(&mut buf);
-    let _ = send.write_all(&buf).await;
-    let _ = send.finish();
-}
-
-/// Tells the relay its stream is accepted.
-pub(crate) async fn accept(send: &mut SendStream) -> Result<(), quinn::WriteError> {
-    let mut buf = bytes::BytesMut::with_capacity(3);
-    Response::Accepted.encode(&mut buf);
-    send.write_all(&buf).await
 }

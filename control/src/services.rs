@@ -7,7 +7,10 @@ use std::sync::Arc;
 use sat_proto::control::{Access, ServiceInfo};
 use sat_proto::stream::StreamKind;
 
-use crate::store::ServiceRecord;
+use tracing::info;
+
+use crate::store::{ServiceRecord, Store};
+use crate::{ControlConfig, ControlError};
 
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -64,4 +67,33 @@ impl ServiceTable {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         services
     }
+}
+
+/// On the very first start, `[[service]]` entries of the config become the store's services.
+/// Later starts leave the store alone: from then on services are managed with `sat admin`.
+pub(crate) async fn seed(store: &Store, config: &ControlConfig) -> Result<(), ControlError> {
+    if store.meta("seeded").await?.is_some() {
+        if !config.services.is_empty() {
+            info!("[[service]] entries in the config were seeded on first start; the store is authoritative now (use `sat admin services`)");
+        }
+        return Ok(());
+    }
+    let now = sat_proto::clock::unix_millis();
+    for s in &config.services {
+        let record = ServiceRecord {
+            name: s.name.clone(),
+            kind: s.kind,
+            backend: s.backend.clone(),
+            hostnames: s.hostnames.clone(),
+            access: s.access,
+            created_at: now,
+        };
+        store.insert_service(&record).await?;
+    }
+    store.set_meta("seeded", &now.to_string()).await?;
+    info!(
+        services = config.services.len(),
+        "seeded services from the config"
+    );
+    Ok(())
 }

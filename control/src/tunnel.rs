@@ -7,33 +7,43 @@ use quinn::{RecvStream, SendStream};
 use sat_proto::stream::RejectCode;
 use sat_transport::splice;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::answer::{accept, reject};
 use crate::config::BackendSection;
-use crate::server::{accept, reject};
 use crate::services::Service;
+use crate::state::Shared;
 
 pub(crate) async fn serve(
     service: &Service,
     first: Bytes,
     mut send: SendStream,
     mut recv: RecvStream,
-    backend: &BackendSection,
+    shared: &Shared,
 ) {
-    let tcp = match dial(service, backend).await {
+    let metrics = &shared.metrics;
+    let dialling = Instant::now();
+    let tcp = match dial(service, &shared.backend).await {
         Ok(tcp) => tcp,
-        Err((code, message)) => return reject(&mut send, code, message).await,
+        Err((code, message)) => return reject(&mut send, &metrics.refusals, code, message).await,
     };
+    metrics.tunnel_set_up(dialling);
     if accept(&mut send).await.is_err() {
         return;
     }
-    match splice::tcp(tcp, &mut send, &mut recv, first).await {
-        Ok(moved) => debug!(
+    let (moved, ended) = match splice::tcp(tcp, &mut send, &mut recv, first).await {
+        Ok(moved) => (moved, None),
+        Err(aborted) => (aborted.moved, Some(aborted.error)),
+    };
+    metrics.tunnel_moved(moved.out_of_quic, moved.into_quic);
+    match ended {
+        None => debug!(
             to_backend = moved.out_of_quic,
             from_backend = moved.into_quic,
             "tunnel closed"
         ),
-        Err(e) => debug!("tunnel aborted: {e}"),
+        Some(e) => debug!("tunnel aborted: {e}"),
     }
 }
 

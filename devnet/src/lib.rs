@@ -19,4 +19,4 @@ pub mod regions;
 pub mod up;
 
 pub use error::DevnetError;
-pub use up::{default_data_dir, run, UpOptions};
+pub use up::{default_data_dir, run, serves_relay_at, web_ca, UpOptions};

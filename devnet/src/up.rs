@@ -69,6 +69,8 @@ const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 7000;
 const DNS_PORT: u16 = 8053;
+/// Each relay's health listener: `/healthz`, `/readyz` and `/metrics`, not behind a delay proxy.
+const METRICS_PORT: u16 = 9180;
 /// The control plane's geo DNS: port 8053 like the relays', on the control plane's address,
 /// which no relay uses (theirs start at 127.0.0.2).
 const CONTROL_DNS_ADDR: SocketAddr =
@@ -99,6 +101,25 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// The address of the relay of region `i` (in [`REGIONS`]' order): 127.0.0.2 and up.
+fn relay_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + i as u8)
+}
+
+/// The CA that signed `sat up`'s relays' HTTPS certificate, in `data_dir`.
+pub fn web_ca(data_dir: &Path) -> PathBuf {
+    data_dir.join("ca.pem")
+}
+
+/// Whether `addr` (host:port) is where `sat up` serves a relay's HTTPS and QUIC: a client
+/// trusts `sat up`'s CA ([`web_ca`]) for these addresses only, and the system's roots for the
+/// rest.
+pub fn serves_relay_at(addr: &str) -> bool {
+    addr.parse::<SocketAddr>().is_ok_and(|addr| {
+        addr.port() == HTTPS_PORT && (0..REGIONS.len()).any(|i| addr.ip() == relay_ip(i))
+    })
+}
+
 struct RelayPlan {
     region: &'static Region,
     name: String,
@@ -118,7 +139,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         .map(|(i, region)| RelayPlan {
             region,
             name: format!("relay-{}", region.name),
-            ip: Ipv4Addr::new(127, 0, 0, 2 + i as u8),
+            ip: relay_ip(i),
         })
         .collect();
     write_pki(dir, &plans)?;
@@ -137,6 +158,7 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
     write(&control_path, &control_toml(demo_addr, echo_addr))?;
     let control_config = ControlConfig::load(&control_path)?;
     let admin_token_path = control_config.control.data_dir.join("admin.token");
+    let status_token_path = control_config.control.data_dir.join("status.token");
     let control_sockets = sat_control::Sockets::bind(&control_config)?;
     let control_stop = CancellationToken::new();
     let control = tokio::spawn(sat_control::run(
@@ -145,6 +167,10 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         control_stop.clone(),
     ));
     let admin = admin_client(&admin_token_path).await?;
+    // Written by the control plane before its admin API answers.
+    let status_token = std::fs::read_to_string(&status_token_path)
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default();
     // The demo and echo apps listen on new ports at every start; the store seeded on the
     // first start still has the old ones.
     for (name, backend) in [("demo", demo_addr), ("echo", echo_addr)] {
@@ -192,7 +218,10 @@ pub async fn run(opts: UpOptions, shutdown: CancellationToken) -> Result<(), Dev
         () = shutdown.cancelled() => Ok(()),
     };
     if waited.is_ok() && !shutdown.is_cancelled() {
-        println!("{}", banner(&opts, &plans, started.elapsed()));
+        println!(
+            "{}",
+            banner(&opts, &plans, &status_token, started.elapsed())
+        );
     }
 
     if waited.is_ok() {
@@ -322,10 +351,10 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, Vec<u8>)>
         .flatten()
 }
 
-fn banner(opts: &UpOptions, plans: &[RelayPlan], took: Duration) -> String {
+fn banner(opts: &UpOptions, plans: &[RelayPlan], status_token: &str, took: Duration) -> String {
     let dir = opts.data_dir.display();
     let sat = &opts.sat_exe;
-    let first = plans.first().map_or(Ipv4Addr::new(127, 0, 0, 2), |p| p.ip);
+    let first = plans.first().map_or(relay_ip(0), |p| p.ip);
     let last = plans.last().map_or(first, |p| p.ip);
     let mut s = format!(
         "\nSatellite is ready (in {:.1} s): a control plane on {CONTROL_ADDR} (udp; geo DNS on {CONTROL_DNS_ADDR}) and {} relays.\n\n",
@@ -355,10 +384,20 @@ each relay's uplink make them.
             p.region.name, p.region.city
         );
     }
+    s += "\nMetrics (Prometheus text format, no token):\n";
+    s += &format!("  control    http://{ADMIN_ADDR}/metrics\n");
+    for p in plans {
+        s += &format!(
+            "  {:<10} http://{}:{METRICS_PORT}/metrics\n",
+            p.region.name, p.ip
+        );
+    }
     s += &format!(
         "
 Services: demo (http, host {DEMO_HOST}), echo (tcp), ssh (tcp, this machine's port 22).
 Admin: {sat} admin relays   (token in {dir}/control/admin.token)
+Status page: http://{ADMIN_ADDR}/status?token={status_token}
+  (read-only token in {dir}/control/status.token; JSON at /api/status)
 Web CA and configs: {dir}
 
 Try these:
@@ -470,6 +509,7 @@ drain_grace = "{GRACE}"
 data_dir = "relay-{region}"
 location = {{ lat = {lat}, lon = {lon} }}   # {city}
 public_addresses = ["{ip}:{HTTPS_PORT}"]
+health_listen = "{ip}:{METRICS_PORT}"   # /healthz, /readyz, /metrics
 
 [uplink]
 control = ["{CONTROL_ADDR}"]
@@ -520,7 +560,7 @@ fn behind_links(config: &mut RelayConfig, ip: Ipv4Addr) {
 /// that a browser or curl that trusts it keeps working. This stands in for a public web CA;
 /// the control plane's own CA, which enrols relays, is separate (`control/ca.pem`).
 fn write_pki(dir: &Path, plans: &[RelayPlan]) -> Result<(), DevnetError> {
-    let ca_cert = dir.join("ca.pem");
+    let ca_cert = web_ca(dir);
     let ca_key = dir.join("ca-key.pem");
     let ca = match (
         std::fs::read_to_string(&ca_cert),
@@ -579,4 +619,23 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), DevnetError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_relays_sat_up_runs_are_its_own() {
+        assert!(serves_relay_at("127.0.0.2:8443"));
+        assert!(serves_relay_at("127.0.0.4:8443"));
+        assert!(!serves_relay_at("127.0.0.5:8443"));
+        assert!(
+            !serves_relay_at("127.0.0.1:8443"),
+            "the control plane's address"
+        );
+        assert!(!serves_relay_at("127.0.0.2:443"));
+        assert!(!serves_relay_at("relay.example.com:8443"));
+        assert!(!serves_relay_at("eu-west"));
+    }
 }

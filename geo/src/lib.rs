@@ -21,7 +21,8 @@
 //!
 //! Inputs are geo's own types, not the wire protocol's: [`Location`], the relays as
 //! [`rank::Relay`], their round trips to each other as [`rank::PeerRtts`], and client networks
-//! as [`dns::Network`]. The callers convert what the control plane pushes into them.
+//! as [`dns::Network`]. `sat-routing` converts what the control plane pushes into them, the
+//! one place where the wire protocol meets these types.
 //!
 //! Errors: [`GeoError`], from opening a GeoIP database, from the DNS server's config and
 //! sockets, and from parsing a [`dns::Network`]; lookups and rankings do not fail.

@@ -87,7 +87,8 @@ impl Server {
         config.hosts.insert("app".into(), "app".into());
         let (table, rx) = watch::channel(Arc::new(relays_only(relays.to_vec())));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(config, sockets, rx, geoip, shutdown.clone()));
+        let metrics = sat_geo::dns::DnsMetrics::unregistered();
+        let task = tokio::spawn(serve(config, sockets, rx, geoip, metrics, shutdown.clone()));
         Ok(Self {
             port,
             table,

@@ -48,7 +48,8 @@ pub struct Hello {
     /// have measured anything.
     #[serde(default, deserialize_with = "lenient_location")]
     pub location: Option<Location>,
-    /// Where users reach the relay: public `host:port` or IP addresses, from its config.
+    /// Where users reach the relay: public `host:port` or IP addresses, from its config (see
+    /// [`names_port`]).
     #[serde(default)]
     pub addresses: Vec<String>,
     /// A URL that answers at once (`/api/latency`), for timing round trips to the relay.
@@ -190,6 +191,15 @@ pub struct ConfigPush {
     /// Measured round trips between relays and from client networks.
     #[serde(default)]
     pub routing: RoutingTable,
+}
+
+/// Whether a relay's public address (as in [`Hello::addresses`]) names its port: `host:port`,
+/// `1.2.3.4:443` or `[2001:db8::1]:443`, not a bare host or IP (whose port is the listener's).
+pub fn names_port(address: &str) -> bool {
+    address.parse::<std::net::SocketAddr>().is_ok()
+        || address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.contains(':') && port.parse::<u16>().is_ok())
 }
 
 /// A relay as other relays and clients see it.
@@ -447,6 +457,25 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_names_its_port_or_not() {
+        for with in [
+            "relay.example.net:443",
+            "192.0.2.7:443",
+            "[2001:db8::1]:443",
+        ] {
+            assert!(names_port(with), "{with}");
+        }
+        for without in [
+            "relay.example.net",
+            "192.0.2.7",
+            "2001:db8::1",
+            "host:https",
+        ] {
+            assert!(!names_port(without), "{without}");
+        }
+    }
 
     fn frames() -> Vec<Frame> {
         let here = Some(Location {

@@ -7,6 +7,8 @@
 //! - [`control`]: frames of the control channel, the first stream of each uplink, and of the
 //!   enrolment exchange, which uses the same codec.
 //! - [`liveness`]: heartbeat timing, as a state machine over an explicit `now`.
+//! - [`clock`]: the wall clock, the one place the system's time of day is read, for callers
+//!   to pass in as `now`.
 //! - [`enrol`]: the one-time token that enrols a relay (`satr1.…`).
 //! - [`access`]: service access tokens (`sat_at1.…`): signing, and verifying with an explicit
 //!   `now`.
@@ -17,6 +19,7 @@
 //! The format is documented in `docs/protocol.md`, with the rule for bumping its version.
 
 pub mod access;
+pub mod clock;
 pub mod control;
 pub mod enrol;
 mod error;

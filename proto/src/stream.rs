@@ -216,6 +216,43 @@ impl RejectCode {
         }
     }
 
+    /// The number of codes this build knows: [`Self::index`] is below it for each of them.
+    pub const KNOWN: usize = 10;
+
+    /// A short `snake_case` name, for logs and metric labels; `other` for a code this build
+    /// does not know.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UnknownService => "unknown_service",
+            Self::WrongKind => "wrong_kind",
+            Self::BackendRefused => "backend_refused",
+            Self::BackendTimeout => "backend_timeout",
+            Self::BackendUnreachable => "backend_unreachable",
+            Self::NoUplink => "no_uplink",
+            Self::Draining => "draining",
+            Self::Unauthorized => "unauthorized",
+            Self::BadHeader => "bad_header",
+            Self::Internal => "internal",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// A dense index: `0..KNOWN` for the known codes in wire order, `KNOWN` for any other.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Other(_) => Self::KNOWN,
+            known => usize::from(known.code()) - 1,
+        }
+    }
+
+    /// The code at `index` (see [`Self::index`]); `Other(0)` past the known ones.
+    pub fn at(index: usize) -> Self {
+        match u8::try_from(index + 1) {
+            Ok(code) if index < Self::KNOWN => Self::from_code(code),
+            _ => Self::Other(0),
+        }
+    }
+
     /// The HTTP status a relay answers with when an HTTP request meets this refusal.
     pub fn http_status(self) -> u16 {
         match self {
@@ -498,6 +535,20 @@ mod tests {
             assert_eq!(Response::decode(&buf[..buf.len() - 1]), Ok(None));
             assert_eq!(Response::decode(&buf), Ok(Some((r, buf.len()))));
         }
+    }
+
+    #[test]
+    fn reject_code_indexes_are_dense_and_named() {
+        let mut names = std::collections::HashSet::new();
+        for i in 0..RejectCode::KNOWN {
+            let code = RejectCode::at(i);
+            assert_eq!(code.index(), i);
+            assert!(!matches!(code, RejectCode::Other(_)), "{i}");
+            assert!(names.insert(code.name()), "{} twice", code.name());
+        }
+        assert_eq!(RejectCode::from_code(11), RejectCode::Other(11));
+        assert_eq!(RejectCode::Other(11).index(), RejectCode::KNOWN);
+        assert_eq!(RejectCode::at(RejectCode::KNOWN).name(), "other");
     }
 
     #[test]

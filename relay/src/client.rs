@@ -10,17 +10,19 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
+use sat_proto::clock;
 use sat_proto::stream::{ClientHeader, RejectCode, Response, StreamHeader, StreamKind};
 use sat_transport::header::{self, HeaderError};
+use sat_transport::metrics::StreamClass;
 use sat_transport::splice;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::pool::{Answered, OpenError};
 use crate::relay::Relay;
-use crate::routes::unix_now;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,21 +54,21 @@ pub async fn serve_quic(incoming: quinn::Incoming, relay: Arc<Relay>, stop: Canc
     }
     tunnels.close();
     if stop.is_cancelled() {
-        drain_connection(&conn, &tunnels).await;
+        drain_connection(&relay, &conn, &tunnels).await;
     }
     tunnels.wait().await;
 }
 
 /// While a draining relay lets a connection's tunnels finish, new streams on it are refused at
 /// once (so the client can go elsewhere) rather than left waiting; then the connection closes.
-async fn drain_connection(conn: &Connection, tunnels: &TaskTracker) {
+async fn drain_connection(relay: &Relay, conn: &Connection, tunnels: &TaskTracker) {
     loop {
         tokio::select! {
             () = tunnels.wait() => break,
             accepted = conn.accept_bi() => match accepted {
                 Ok((mut send, _recv)) => {
                     let msg = "relay is draining; connect to another relay".to_string();
-                    refuse_quic(&mut send, RejectCode::Draining, msg).await;
+                    refuse_quic(relay, &mut send, RejectCode::Draining, msg).await;
                 }
                 Err(_) => return,
             },
@@ -88,9 +90,12 @@ async fn quic_tunnel(
         Err(HeaderError::Io(e)) => {
             return debug!("the client gave a tunnel up before its header: {e}")
         }
-        Err(e) => return refuse_quic(&mut send, RejectCode::BadHeader, e.to_string()).await,
+        Err(e) => {
+            return refuse_quic(&relay, &mut send, RejectCode::BadHeader, e.to_string()).await
+        }
     };
-    let _guard = relay.stream_guard();
+    let _guard = relay.stream_guard(StreamClass::Tunnel);
+    let opening = Instant::now();
     let mut up = match open_upstream(&relay, &hello, peer, first, &mut recv).await {
         Ok(up) => up,
         Err(OpenError::Reset) => {
@@ -100,11 +105,12 @@ async fn quic_tunnel(
         }
         Err(e) => {
             if let Some((code, msg)) = refusal(e, &relay.name) {
-                refuse_quic(&mut send, code, msg).await;
+                refuse_quic(&relay, &mut send, code, msg).await;
             }
             return;
         }
     };
+    relay.metrics.tunnel_set_up(opening);
     if send.write_all(&accepted(&up.leftover)).await.is_err() {
         return;
     }
@@ -114,7 +120,7 @@ async fn quic_tunnel(
         Bytes::new(),
     )
     .await;
-    log_end(&hello.service, result);
+    log_end(&relay, &hello.service, up.ahead, result);
 }
 
 /// Serves one TLS connection that negotiated `sat-client/1`: a single tunnel.
@@ -125,23 +131,25 @@ where
     let (mut r, mut w) = tokio::io::split(stream);
     let (hello, first) = match header::read(&mut r, ClientHeader::decode, HEADER_TIMEOUT).await {
         Ok(h) => h,
-        Err(e) => return refuse_io(&mut w, RejectCode::BadHeader, e.to_string()).await,
+        Err(e) => return refuse_io(&relay, &mut w, RejectCode::BadHeader, e.to_string()).await,
     };
-    let _guard = relay.stream_guard();
+    let _guard = relay.stream_guard(StreamClass::Tunnel);
+    let opening = Instant::now();
     let mut up = match open_upstream(&relay, &hello, peer, first, &mut r).await {
         Ok(up) => up,
         Err(e) => {
             if let Some((code, msg)) = refusal(e, &relay.name) {
-                refuse_io(&mut w, code, msg).await;
+                refuse_io(&relay, &mut w, code, msg).await;
             }
             return;
         }
     };
+    relay.metrics.tunnel_set_up(opening);
     if w.write_all(&accepted(&up.leftover)).await.is_err() {
         return;
     }
     let result = splice::io(r, w, &mut up.send, &mut up.recv, Bytes::new()).await;
-    log_end(&hello.service, result);
+    log_end(&relay, &hello.service, up.ahead, result);
 }
 
 /// Checks the service and the client's access token against the pushed config, opens the
@@ -183,7 +191,7 @@ where
         }
     }
     routes
-        .authorize(service, Some(&hello.token), unix_now())
+        .authorize(service, Some(&hello.token), clock::unix_seconds())
         .map_err(|e| OpenError::refused(RejectCode::Unauthorized, e.to_string()))?;
     let header = StreamHeader {
         kind: StreamKind::Tcp,
@@ -213,15 +221,29 @@ fn accepted(leftover: &Bytes) -> Bytes {
     buf.freeze()
 }
 
-fn log_end(service: &str, result: Result<splice::Moved, splice::SpliceError>) {
-    match result {
-        Ok(moved) => debug!(
+/// Counts and logs a tunnel's end; `ahead` bytes went up before the answer.
+fn log_end(
+    relay: &Relay,
+    service: &str,
+    ahead: u64,
+    result: Result<splice::Moved, splice::Aborted>,
+) {
+    let (mut moved, ended) = match result {
+        Ok(moved) => (moved, None),
+        Err(aborted) => (aborted.moved, Some(aborted.error)),
+    };
+    moved.into_quic += ahead;
+    relay
+        .metrics
+        .tunnel_moved(moved.into_quic, moved.out_of_quic);
+    match ended {
+        None => debug!(
             service,
             up = moved.into_quic,
             down = moved.out_of_quic,
             "tunnel closed"
         ),
-        Err(e) => debug!(service, "tunnel aborted: {e}"),
+        Some(e) => debug!(service, "tunnel aborted: {e}"),
     }
 }
 
@@ -232,12 +254,19 @@ fn encode_refusal(code: RejectCode, message: String) -> Bytes {
     buf.freeze()
 }
 
-async fn refuse_quic(send: &mut SendStream, code: RejectCode, message: String) {
+async fn refuse_quic(relay: &Relay, send: &mut SendStream, code: RejectCode, message: String) {
+    relay.metrics.refusals.count(code);
     let _ = send.write_all(&encode_refusal(code, message)).await;
     let _ = send.finish();
 }
 
-async fn refuse_io<W: AsyncWrite + Unpin>(w: &mut W, code: RejectCode, message: String) {
+async fn refuse_io<W: AsyncWrite + Unpin>(
+    relay: &Relay,
+    w: &mut W,
+    code: RejectCode,
+    message: String,
+) {
+    relay.metrics.refusals.count(code);
     let _ = w.write_all(&encode_refusal(code, message)).await;
     let _ = w.shutdown().await;
 }

@@ -1,4 +1,5 @@
-//! `/healthz` and `/readyz` over plain HTTP/1.1, for load balancers and orchestrators.
+//! `/healthz`, `/readyz` and `/metrics` over plain HTTP/1.1, for load balancers,
+//! orchestrators and Prometheus.
 //!
 //! `/healthz` answers 200 while the process runs; `/readyz` answers 200 only while the relay
 //! should get new users, else 503 with the reason (see [`Relay::readiness`]). These endpoints
@@ -13,6 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sat_proto::clock;
 use sat_transport::http::{text, Body};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,10 +75,10 @@ pub(crate) async fn serve(listener: TcpListener, relay: Arc<Relay>, stop: Cancel
 
 fn answer<B>(req: &Request<B>, relay: &Relay) -> Response<Body> {
     let path = req.uri().path();
-    if path != "/healthz" && path != "/readyz" {
+    if !["/healthz", "/readyz", "/metrics"].contains(&path) {
         return text(
             StatusCode::NOT_FOUND,
-            format!("no such path {path}; try /healthz or /readyz"),
+            format!("no such path {path}; try /healthz, /readyz or /metrics"),
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -91,10 +93,22 @@ fn answer<B>(req: &Request<B>, relay: &Relay) -> Response<Body> {
     if path == "/healthz" {
         return text(StatusCode::OK, "ok".into());
     }
+    if path == "/metrics" {
+        return metrics(relay);
+    }
     match relay.readiness() {
         Ok(()) => text(StatusCode::OK, "ready".into()),
         Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
     }
+}
+
+/// `/metrics`: the gauges that mirror state brought up to date, then every family.
+fn metrics(relay: &Relay) -> Response<Body> {
+    let m = &relay.metrics;
+    relay.uplinks.fold_quic(&m.quic);
+    let generation = relay.routes().map_or(0, |r| r.generation);
+    m.refresh(&relay.uplinks.rtts(), generation, clock::unix_seconds());
+    sat_transport::metrics::render(&m.registry)
 }
 
 #[cfg(test)]

@@ -19,13 +19,15 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use sat_proto::access::{self, AccessError};
-use sat_proto::stream::{StreamHeader, StreamKind};
+use sat_proto::clock;
+use sat_proto::stream::{RejectCode, StreamHeader, StreamKind};
 use sat_transport::http::{gather_small, splice_upgraded, text, Body};
 use sat_transport::io::{rejection, QuicIo};
+use sat_transport::metrics::StreamClass;
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::relay::Relay;
-use crate::routes::unix_now;
 
 /// What the relay knows about the connection a request came on.
 #[derive(Clone, Copy)]
@@ -49,10 +51,13 @@ pub async fn handle(
     relay: Arc<Relay>,
     origin: Origin,
 ) -> Result<Response<Body>, Infallible> {
+    let arrived = Instant::now();
     let mut resp = match route(req, &relay, origin).await {
         Ok(resp) => resp,
         Err((status, msg)) => text(status, msg),
     };
+    relay.metrics.request_took(arrived);
+    relay.metrics.http_responses.count(resp.status());
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&relay.name) {
         headers.insert(SAT_RELAY.clone(), v);
@@ -124,21 +129,32 @@ async fn route(
     }
     let host =
         request_host(&req).ok_or((StatusCode::BAD_REQUEST, "request has no Host".to_string()))?;
-    let routes = relay.routes().ok_or((
-        StatusCode::SERVICE_UNAVAILABLE,
-        "relay has no configuration from the control plane yet; retry shortly".to_string(),
-    ))?;
+    let Some(routes) = relay.routes() else {
+        relay.metrics.refusals.count(RejectCode::NoUplink);
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay has no configuration from the control plane yet; retry shortly".to_string(),
+        ));
+    };
     let Some(service) = routes.by_host(&host).map(str::to_owned) else {
         // A Host that is no service's: the relay's own address, and its own endpoints.
         if req.uri().path() == crate::measure::REPORT_PATH {
             return rtt_report(req, relay, &routes, origin).await;
         }
-        return crate::public::answer(&req, &routes).ok_or((
-            StatusCode::NOT_FOUND,
-            format!("no service for host \"{host}\""),
-        ));
+        return crate::public::answer(&req, &routes).ok_or_else(|| {
+            relay.metrics.refusals.count(RejectCode::UnknownService);
+            (
+                StatusCode::NOT_FOUND,
+                format!("no service for host \"{host}\""),
+            )
+        });
     };
-    if let Err(e) = routes.authorize(&service, access_token(req.headers()).as_deref(), unix_now()) {
+    if let Err(e) = routes.authorize(
+        &service,
+        access_token(req.headers()).as_deref(),
+        clock::unix_seconds(),
+    ) {
+        relay.metrics.refusals.count(RejectCode::Unauthorized);
         debug!(service, reason = %e, "request refused: access token");
         return Ok(unauthorized(&service, &e));
     }
@@ -148,7 +164,7 @@ async fn route(
         user_addr: origin.peer,
         identity: String::new(),
     };
-    let _guard = relay.stream_guard();
+    let _guard = relay.stream_guard(StreamClass::Http);
     let user_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, &host, relay, origin);
     // A request without a body can go out again if its uplink dies before the answer; one that
@@ -159,10 +175,13 @@ async fn route(
     let mut body = Some(body.boxed());
     let mut tried = 0u64;
     let mut resp = loop {
-        let (i, conn, send, recv) = relay.uplinks.open(&header, &[], &mut tried).await.ok_or((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "relay has no uplink to the control plane; retry shortly".to_string(),
-        ))?;
+        let Some((i, conn, send, recv)) = relay.uplinks.open(&header, &[], &mut tried).await else {
+            relay.metrics.refusals.count(RejectCode::NoUplink);
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "relay has no uplink to the control plane; retry shortly".to_string(),
+            ));
+        };
         let heard = conn.stats().udp_rx.datagrams;
         let io = TokioIo::new(QuicIo::awaiting_answer(send, recv));
         let (mut sender, conn_task) = hyper::client::conn::http1::handshake::<_, Body>(io)
@@ -181,6 +200,7 @@ async fn route(
                 // Nothing came back after the request went out: the control plane had not
                 // received it (it acknowledges within its ack delay), so it reached no service.
                 if !idempotent && conn.stats().udp_rx.datagrams != heard {
+                    relay.metrics.not_resent.inc();
                     info!(uplink = i, method = %parts.method, "uplink {i} went silent before answering, after it had the request");
                     return Err((
                         StatusCode::BAD_GATEWAY,
@@ -192,6 +212,7 @@ async fn route(
                         ),
                     ));
                 }
+                relay.metrics.resent.inc();
                 info!(uplink = i, "uplink {i} went silent before answering; sending the request again");
             }
         }
@@ -200,9 +221,11 @@ async fn route(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(user_upgrade) = user_upgrade {
             let uplink_upgrade = hyper::upgrade::on(&mut resp);
-            relay
-                .users
-                .spawn(splice_upgraded(user_upgrade, uplink_upgrade));
+            let open = relay.stream_guard(StreamClass::Upgrade);
+            relay.users.spawn(async move {
+                splice_upgraded(user_upgrade, uplink_upgrade).await;
+                drop(open);
+            });
         }
         return Ok(resp.map(BodyExt::boxed));
     }

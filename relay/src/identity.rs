@@ -14,17 +14,18 @@ use std::time::Duration;
 use quinn::Endpoint;
 use rcgen::{CertificateParams, KeyPair};
 use rustls::RootCertStore;
+use sat_proto::clock;
 use sat_proto::control::{Enrol, Frame, FrameDecoder, Renew};
 use sat_proto::enrol::{fingerprint_hex, EnrolToken};
 use sat_transport::header::next_frame;
+use sat_transport::identity::{self, Identity};
 use sat_transport::pin::{self, CertSlot};
-use sat_transport::tls::{self, Identity, QuicLimits};
+use sat_transport::tls::{self, QuicLimits};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::relay::Relay;
-use crate::routes::unix_now;
 use crate::RelayError;
 
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,7 +84,7 @@ impl Files {
             retry: false,
         })?;
         let identity = Identity::load(&self.path("relay.pem"), &self.path("relay-key.pem"))?;
-        let roots = tls::load_roots(&self.path("ca.pem"))?;
+        let roots = identity::load_roots(&self.path("ca.pem"))?;
         Ok(Some((enrolment, identity, roots)))
     }
 
@@ -181,7 +182,7 @@ pub async fn enrol(
     let enrolment = Enrolment {
         name: done.name.clone(),
         region: done.region.clone(),
-        issued_at: unix_now(),
+        issued_at: clock::unix_seconds(),
         not_after,
         token_id: token.id.clone(),
     };
@@ -194,19 +195,19 @@ pub async fn enrol(
     info!(
         relay = %done.name,
         region = %done.region,
-        expires_in = ?Duration::from_secs(not_after.saturating_sub(unix_now())),
+        expires_in = ?Duration::from_secs(not_after.saturating_sub(clock::unix_seconds())),
         "enrolled"
     );
     let identity = Identity::from_pem(&done.cert_chain_pem, &key_pem)?;
     let mut roots = RootCertStore::empty();
-    for c in tls::certs_from_pem(&done.ca_pem) {
+    for c in identity::certs_from_pem(&done.ca_pem) {
         roots.add(c).map_err(sat_transport::TransportError::Tls)?;
     }
     Ok((enrolment, identity, roots))
 }
 
 fn expiry_of(chain_pem: &str) -> Result<(String, u64), RelayError> {
-    tls::certs_from_pem(chain_pem)
+    identity::certs_from_pem(chain_pem)
         .first()
         .and_then(tls::serial_and_expiry)
         .map(|(serial, not_after)| (serial, not_after.max(0) as u64))
@@ -304,7 +305,8 @@ pub struct Renewal {
 pub async fn renew_forever(mut r: Renewal, relay: Arc<Relay>, stop: CancellationToken) {
     let mut retry = RETRY_MIN;
     loop {
-        let wait = Duration::from_secs(r.enrolment.renew_at().saturating_sub(unix_now()));
+        let wait =
+            Duration::from_secs(r.enrolment.renew_at().saturating_sub(clock::unix_seconds()));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
@@ -320,15 +322,16 @@ pub async fn renew_forever(mut r: Renewal, relay: Arc<Relay>, stop: Cancellation
                     continue;
                 }
                 r.enrolment = enrolment;
+                relay.metrics.certificate(r.enrolment.not_after);
                 retry = RETRY_MIN;
                 relay.cert_epoch.send_modify(|e| *e += 1);
                 info!(
-                    expires_in = ?Duration::from_secs(r.enrolment.not_after.saturating_sub(unix_now())),
+                    expires_in = ?Duration::from_secs(r.enrolment.not_after.saturating_sub(clock::unix_seconds())),
                     "certificate renewed; uplinks reconnect with it one by one"
                 );
             }
             Err(e) => {
-                let left = r.enrolment.not_after.saturating_sub(unix_now());
+                let left = r.enrolment.not_after.saturating_sub(clock::unix_seconds());
                 warn!(retry_in = ?retry, expires_in = ?Duration::from_secs(left), "cannot renew the certificate: {e}");
                 if left == 0 {
                     warn!("the certificate has expired: uplinks cannot reconnect until the relay enrols again with a new token");
@@ -359,7 +362,7 @@ async fn renew_once(r: &Renewal) -> Result<(Enrolment, Identity), RelayError> {
     };
     let (_, not_after) = expiry_of(&done.cert_chain_pem)?;
     let enrolment = Enrolment {
-        issued_at: unix_now(),
+        issued_at: clock::unix_seconds(),
         not_after,
         ..r.enrolment.clone()
     };

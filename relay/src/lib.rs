@@ -13,6 +13,10 @@
 //! - `public`: the relay's own endpoints, the relay map and the latency check.
 //! - `tcp` and `client`: tunnels from relay TCP ports and from `sat connect`.
 //! - `health`: `/healthz` and `/readyz`.
+//! - `relay`: what every task of the process shares; `routes`: the pushed services and the
+//!   access-token check.
+//! - `measure`: round trips and clients' reports held for the next heartbeat; `peers`: the
+//!   task that times the other relays.
 
 mod client;
 pub mod config;
@@ -23,6 +27,8 @@ mod identity;
 mod listen;
 mod load;
 mod measure;
+mod metrics;
+mod peers;
 mod pool;
 mod public;
 mod relay;
@@ -36,9 +42,10 @@ use std::time::Duration;
 use quinn::Endpoint;
 use sat_geo::dns::{self, DnsConfig, DnsSection, DnsSockets};
 use sat_geo::geoip::GeoIp;
+use sat_routing::map::dns_table;
+use sat_transport::identity::Identity;
 use sat_transport::pin::CertSlot;
-use sat_transport::routing;
-use sat_transport::tls::{self, Identity, QuicLimits};
+use sat_transport::tls::{self, QuicLimits};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +95,7 @@ pub async fn run(
     relay.location = config.relay.location;
     relay.addresses = public_addresses(&config, &sockets);
     relay.latency_url = latency_url(&sockets, &relay.addresses);
+    relay.metrics.certificate(enrolment.not_after);
     let relay = Arc::new(relay);
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
@@ -167,12 +175,13 @@ pub async fn run(
         let listener = tokio::net::TcpListener::from_std(listener).map_err(RelayError::Endpoint)?;
         listeners.spawn(tcp::serve(listener, service, relay.clone(), stop.clone()));
     }
-    background.spawn(measure::probe_peers(relay.clone(), stop_background.clone()));
+    background.spawn(peers::run(relay.clone(), stop_background.clone()));
     if let (Some(dns_sockets), Some(dns), Some(geoip)) = (sockets.dns, &config.dns, geoip) {
         background.spawn(serve_dns(
             dns.authority.clone(),
             dns_sockets,
             geoip,
+            relay.metrics.dns.clone(),
             relay.routes.subscribe(),
             stop_background.clone(),
         ));
@@ -227,14 +236,16 @@ async fn serve_dns(
     config: DnsConfig,
     sockets: DnsSockets,
     geoip: Arc<GeoIp>,
+    metrics: dns::DnsMetrics,
     routes: watch::Receiver<Option<Arc<Routes>>>,
     stop: CancellationToken,
 ) {
+    // The push's generation becomes the zone's SOA serial.
     let to_table = |r: &Option<Arc<Routes>>| {
         r.as_ref()
-            .map(|r| routing::dns_table(r.relays(), &r.routing))
+            .map(|r| dns_table(r.relays(), &r.routing).with_generation(r.generation))
     };
-    if let Err(e) = dns::serve_from(config, sockets, geoip, routes, to_table, stop).await {
+    if let Err(e) = dns::serve_from(config, sockets, geoip, metrics, routes, to_table, stop).await {
         error!("{e}");
     }
 }
@@ -248,7 +259,7 @@ async fn load_or_enrol(
     let token = config.relay.token.as_ref().map(|t| t.expose());
     let stored = files.load()?;
     if let Some((enrolment, id, roots)) = stored {
-        let expired = enrolment.not_after <= routes::unix_now();
+        let expired = enrolment.not_after <= sat_proto::clock::unix_seconds();
         let same_token = token.is_some_and(|t| {
             sat_proto::enrol::EnrolToken::parse(t).is_ok_and(|t| t.id == enrolment.token_id)
         });
@@ -322,7 +333,7 @@ fn latency_url(sockets: &Sockets, addresses: &[String]) -> Option<String> {
 /// name, which geo DNS hands out as is) is reached on the port the relay listens on, so the
 /// URL names that port unless it is the scheme's default.
 fn with_port(address: &str, port: u16, default_port: u16) -> String {
-    let has_port = routing::names_port(address);
+    let has_port = sat_proto::control::names_port(address);
     let host = match address.parse::<std::net::Ipv6Addr>() {
         Ok(v6) => format!("[{v6}]"),
         Err(_) => address.to_owned(),

@@ -1,9 +1,8 @@
 //! What a relay measures for routing, and what clients tell it, until the next heartbeat
 //! carries it to the control plane.
 //!
-//! - Round trips to the other relays: every [`PROBE_EVERY`], the relay times each other relay
-//!   that is up, the way clients do (`sat_transport::latency`: its latency check on a kept-alive
-//!   connection, the fastest of a few). Each heartbeat carries the latest figures.
+//! - Round trips to the other relays: `peers` times them every 10 s and files the figures
+//!   here. Each heartbeat carries the latest.
 //! - Clients' round trips: `POST /api/rtt-report` with `{"rtts": {"relay-name": microseconds}}`,
 //!   which `sat connect` and `sat forward` send to their chosen relay after probing. The relay
 //!   files each report under the client's network (its address's /24, or /48 for IPv6), never
@@ -15,22 +14,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use sat_proto::control::{NetworkRtts, PeerRtt, RelayState};
-use sat_transport::latency;
-use tokio_rustls::TlsConnector;
-use tokio_util::sync::CancellationToken;
-use tracing::debug;
-
-use crate::relay::Relay;
+use sat_proto::control::{NetworkRtts, PeerRtt};
 
 pub const REPORT_PATH: &str = "/api/rtt-report";
-/// How often a relay times the others.
-pub const PROBE_EVERY: Duration = Duration::from_secs(10);
-const PROBE_SAMPLES: usize = 4;
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest round trip a report may claim.
 pub const MAX_RTT: Duration = Duration::from_secs(10);
 /// Networks held between two heartbeats; reports from more are dropped.
@@ -47,6 +36,13 @@ pub struct Measurements {
 }
 
 impl Measurements {
+    /// Replaces the round trips to other relays with the latest round of timing.
+    pub fn set_peer_rtts(&self, fresh: BTreeMap<String, Duration>) {
+        if let Ok(mut peers) = self.peers.lock() {
+            *peers = fresh;
+        }
+    }
+
     pub fn peer_rtts(&self) -> Vec<PeerRtt> {
         let Ok(peers) = self.peers.lock() else {
             return Vec::new();
@@ -135,53 +131,6 @@ pub fn network_of(ip: IpAddr) -> String {
             let s = v6.segments();
             let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
             format!("{prefix}/48")
-        }
-    }
-}
-
-/// Times the other relays every [`PROBE_EVERY`] until `stop`.
-pub async fn probe_peers(relay: Arc<Relay>, stop: CancellationToken) {
-    let tls = TlsConnector::from(Arc::new(latency::timing_only_client_config()));
-    loop {
-        let targets: Vec<(String, String)> = relay
-            .routes()
-            .map(|r| {
-                r.relays()
-                    .iter()
-                    .filter(|i| i.name != relay.name && i.state == RelayState::Up)
-                    .filter_map(|i| Some((i.name.clone(), i.latency_url.clone()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let probes = targets.iter().map(|(name, url)| {
-            let tls = &tls;
-            async move {
-                let rtt = latency::time(tls, url, PROBE_SAMPLES, PROBE_TIMEOUT).await;
-                (name.clone(), rtt)
-            }
-        });
-        let results = futures_util::future::join_all(probes).await;
-        let mut fresh = BTreeMap::new();
-        for (name, result) in results {
-            match result {
-                Ok(rtt) => {
-                    fresh.insert(name, rtt);
-                }
-                Err(e) => debug!(peer = %name, "cannot time relay: {e}"),
-            }
-        }
-        if let Ok(mut peers) = relay.measurements.peers.lock() {
-            *peers = fresh;
-        }
-        // Until the first relay map arrives there is nothing to time; look again soon.
-        let wait = if targets.is_empty() {
-            Duration::from_secs(1)
-        } else {
-            PROBE_EVERY
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => return,
         }
     }
 }

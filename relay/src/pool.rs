@@ -10,10 +10,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
 use quinn::{Connection, RecvStream, SendStream};
 use sat_proto::stream::{RejectCode, StreamHeader};
 use sat_transport::ahead::SentAhead;
 use sat_transport::io::Rejected;
+use sat_transport::metrics::{QuicCounters, QuicTally};
 use sat_transport::splice::{self, SpliceError};
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
@@ -36,12 +38,17 @@ struct Slot {
     rx_datagrams: AtomicU64,
     /// The control plane asked for no new streams on this uplink.
     draining: AtomicBool,
+    /// What of the connection's QUIC figures `/metrics` has counted.
+    tally: QuicTally,
 }
 
 pub struct Uplinks {
     slots: Vec<Slot>,
     next: AtomicUsize,
     epoch: Instant,
+    /// Streams sent again after their uplink went silent, and those that could not be.
+    resent: IntCounter,
+    not_resent: IntCounter,
 }
 
 /// Why no stream could be had.
@@ -65,14 +72,39 @@ pub struct Answered {
     pub send: SendStream,
     pub recv: RecvStream,
     pub leftover: Bytes,
+    /// The user's bytes that went out before the answer (the first ones, and those passed on
+    /// while waiting).
+    pub ahead: u64,
 }
 
 impl Uplinks {
-    pub fn new(count: usize) -> Self {
+    /// `count` uplink slots; re-sends are counted in `resent` and `not_resent`.
+    pub fn new(count: usize, resent: IntCounter, not_resent: IntCounter) -> Self {
         Self {
             slots: (0..count).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
+            resent,
+            not_resent,
+        }
+    }
+
+    /// Each uplink's round trip, `None` for one that is down or silent.
+    pub fn rtts(&self) -> Vec<Option<Duration>> {
+        (0..self.slots.len())
+            .map(|i| {
+                let conn = self.slots[i].conn.lock().ok().and_then(|c| c.clone())?;
+                self.alive(i, &conn).then(|| conn.rtt())
+            })
+            .collect()
+    }
+
+    /// Counts every uplink's QUIC figures since the last call into `quic`.
+    pub fn fold_quic(&self, quic: &QuicCounters) {
+        for slot in &self.slots {
+            if let Some(conn) = slot.conn.lock().ok().and_then(|c| c.clone()) {
+                slot.tally.fold(&conn, quic);
+            }
         }
     }
 
@@ -87,12 +119,17 @@ impl Uplinks {
             .store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Installs (or clears) the connection of uplink `i`.
-    pub fn set(&self, i: usize, conn: Option<Connection>) {
+    /// Installs (or clears) the connection of uplink `i`. The old connection's last QUIC
+    /// figures are counted into `quic` first.
+    pub fn set(&self, i: usize, conn: Option<Connection>, quic: &QuicCounters) {
         let slot = &self.slots[i];
         slot.draining.store(false, Ordering::Relaxed);
         slot.rx_datagrams.store(0, Ordering::Relaxed);
         if let Ok(mut guard) = slot.conn.lock() {
+            if let Some(old) = guard.take() {
+                slot.tally.fold(&old, quic);
+            }
+            slot.tally.reset();
             *guard = conn;
         }
         self.heard(i);
@@ -219,12 +256,14 @@ impl Uplinks {
                         send,
                         recv,
                         leftover,
+                        ahead: sent.len() as u64,
                     })
                 }
                 Err(Unanswered::Final(e)) => return Err(e),
                 Err(Unanswered::Lost(why)) => {
                     let _ = send.reset(splice::ABORTED);
                     if !sent.is_empty() && conn.stats().udp_rx.datagrams != heard {
+                        self.not_resent.inc();
                         info!(
                             uplink = i,
                             bytes = sent.len(),
@@ -232,6 +271,7 @@ impl Uplinks {
                         );
                         return Err(OpenError::MaybeDelivered);
                     }
+                    self.resent.inc();
                     info!(
                         uplink = i,
                         bytes = sent.len(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use quinn::Connection;
 use sat_proto::control::{ConfigPush, Heartbeat, Location, RelayState};
+use sat_transport::metrics::{OpenStream, StreamClass};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,17 +39,21 @@ pub struct Relay {
     refusal: std::sync::Mutex<Option<String>>,
     /// Bumped when the relay's certificate is renewed; uplinks then reconnect with it.
     pub cert_epoch: watch::Sender<u64>,
+    /// What `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
     /// Round trips to other relays, and clients' reports, for the next heartbeat.
     pub measurements: crate::measure::Measurements,
 }
 
 impl Relay {
     pub fn new(name: String, region: String, server_name: String, uplinks: usize) -> Self {
+        let metrics = crate::metrics::Metrics::new(uplinks);
         Self {
             name,
             region,
             server_name,
-            uplinks: Uplinks::new(uplinks),
+            uplinks: Uplinks::new(uplinks, metrics.resent.clone(), metrics.not_resent.clone()),
+            metrics,
             routes: watch::channel(None).0,
             draining: CancellationToken::new(),
             users: TaskTracker::new(),
@@ -158,17 +163,24 @@ impl Relay {
         }
     }
 
-    /// Counts a stream to the control plane for as long as the guard lives.
-    pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+    /// Counts a stream of `class` to the control plane, for heartbeats and `/metrics`, for as
+    /// long as the guard lives.
+    pub fn stream_guard(self: &Arc<Self>, class: StreamClass) -> StreamGuard {
         self.open_streams.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(self.clone())
+        StreamGuard {
+            relay: self.clone(),
+            _open: self.metrics.streams.open(class),
+        }
     }
 }
 
-pub struct StreamGuard(Arc<Relay>);
+pub struct StreamGuard {
+    relay: Arc<Relay>,
+    _open: OpenStream,
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+        self.relay.open_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -3,7 +3,6 @@
 //! refused user costs no round trip to the control plane.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sat_proto::access::{self, AccessError, VerifyKey};
 use sat_proto::control::{Access, ConfigPush, RelayInfo, RelayState, RoutingTable};
@@ -89,7 +88,8 @@ impl Routes {
     }
 
     /// Whether a user who shows `token` (`None` or empty: no token) may use `service` at
-    /// `now_unix` (see [`unix_now`]). Public services take anyone.
+    /// `now_unix` (wall-clock seconds, [`sat_proto::clock::unix_seconds`]: tokens carry
+    /// times set by the control plane). Public services take anyone.
     pub fn authorize(
         &self,
         service: &str,
@@ -102,15 +102,6 @@ impl Routes {
         let token = token.ok_or(AccessError::Missing)?;
         access::verify(token, &self.access_keys, &self.revoked, service, now_unix).map(drop)
     }
-}
-
-/// The wall clock in unix seconds, for checking access tokens and certificate lifetimes (their
-/// times are wall-clock times set by the control plane). A clock before 1970 reads as 0, which makes every token
-/// look issued in the future: refused, with a message that names the clock.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn strip_port(host: &str) -> &str {

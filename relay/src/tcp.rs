@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sat_proto::stream::{StreamHeader, StreamKind};
+use sat_proto::stream::{RejectCode, StreamHeader, StreamKind};
+use sat_transport::metrics::StreamClass;
 use sat_transport::splice;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -64,6 +66,7 @@ async fn tunnel(mut tcp: TcpStream, service: String, relay: Arc<Relay>) {
     let routes = relay.routes();
     if routes.as_ref().and_then(|r| r.kind(&service)) != Some(StreamKind::Tcp) {
         // Unknown to the pushed config (or no config yet): the user gets a plain close.
+        relay.metrics.refusals.count(RejectCode::UnknownService);
         return info!("refused: service \"{service}\" is not a TCP service in the current config");
     }
     let header = StreamHeader {
@@ -72,17 +75,22 @@ async fn tunnel(mut tcp: TcpStream, service: String, relay: Arc<Relay>) {
         user_addr: peer,
         identity: String::new(),
     };
-    let _guard = relay.stream_guard();
+    let _guard = relay.stream_guard(StreamClass::Tunnel);
+    let opening = Instant::now();
     let Answered {
         mut send,
         mut recv,
         leftover,
+        ahead,
     } = match relay
         .uplinks
         .open_answered(&header, Bytes::new(), &mut tcp)
         .await
     {
-        Ok(answered) => answered,
+        Ok(answered) => {
+            relay.metrics.tunnel_set_up(opening);
+            answered
+        }
         Err(OpenError::UserGone(e)) => return debug!("the user left before the answer: {e}"),
         Err(OpenError::Reset) => {
             // Linger 0 turns the close into a RST, as the service's own was.
@@ -90,16 +98,25 @@ async fn tunnel(mut tcp: TcpStream, service: String, relay: Arc<Relay>) {
             return debug!("the service reset the tunnel before the answer");
         }
         Err(e) => {
-            let (_, message) = e.into_refusal(&relay.name);
+            let (code, message) = e.into_refusal(&relay.name);
+            relay.metrics.refusals.count(code);
             return info!("refused: {message}");
         }
     };
-    match splice::tcp(tcp, &mut send, &mut recv, leftover).await {
-        Ok(moved) => debug!(
+    let (mut moved, ended) = match splice::tcp(tcp, &mut send, &mut recv, leftover).await {
+        Ok(moved) => (moved, None),
+        Err(aborted) => (aborted.moved, Some(aborted.error)),
+    };
+    moved.into_quic += ahead;
+    relay
+        .metrics
+        .tunnel_moved(moved.into_quic, moved.out_of_quic);
+    match ended {
+        None => debug!(
             up = moved.into_quic,
             down = moved.out_of_quic,
             "tunnel closed"
         ),
-        Err(e) => debug!("tunnel aborted: {e}"),
+        Some(e) => debug!("tunnel aborted: {e}"),
     }
 }

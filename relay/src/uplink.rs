@@ -80,7 +80,7 @@ pub async fn maintain(
                         reason,
                         established,
                     } => {
-                        relay.uplinks.set(i, None);
+                        relay.uplinks.set(i, None, &relay.metrics.quic);
                         if life.close.is_cancelled() {
                             return;
                         }
@@ -229,7 +229,9 @@ impl Session<'_> {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(format!("no config within {FIRST_PUSH_TIMEOUT:?}")),
         }
-        relay.uplinks.set(i, Some(conn.clone()));
+        relay
+            .uplinks
+            .set(i, Some(conn.clone()), &relay.metrics.quic);
         if let Some(mut old) = retiring {
             // New streams now go to the new connection; the old one closes by itself once its
             // last stream ends and every handle to it is gone.

@@ -3,18 +3,17 @@
 //! backend. HTTP through curl, tunnels through `sat connect` / `sat forward`, raw TCP ports,
 //! public services, and a relay that refuses while its control plane is frozen.
 
-
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::common::*;
+use anyhow::{bail, ensure, Context, Result};
 use sat_control::admin::api::AccessTokenView;
 use sat_proto::access::{AccessClaims, SigningKey};
+use sat_proto::clock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -161,7 +160,7 @@ fn claims(token: &str) -> Result<AccessClaims> {
 fn forged_with_own_key(genuine: &str, service: &str) -> Result<String> {
     let kid = claims(genuine)?.kid;
     let key = SigningKey::from_pkcs8(kid.clone(), &SigningKey::generate_pkcs8())?;
-    let now = unix_now();
+    let now = clock::unix_seconds();
     Ok(key.sign(&AccessClaims {
         kid,
         jti: "0123456789abcdef".into(),
@@ -169,12 +168,6 @@ fn forged_with_own_key(genuine: &str, service: &str) -> Result<String> {
         issued_at: now,
         expires_at: now + 3600,
     }))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// base64url without padding, as the token format uses. (The test crate has no base64.)

@@ -2,16 +2,14 @@
 //! TCP, against echo servers on the test's own runtime. Figures allow for tokio's 1 ms timer
 //! (deadlines round up) and for a loaded 2-core machine, but fail if the property is missing.
 
-
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::common::delay::{DelayProxy, Jitter, Props, Proto, DEFAULT_SEED, UDP_QUEUE};
 use crate::common::{echo_backend, random_bytes, sha256_hex, sha_backend};
+use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;

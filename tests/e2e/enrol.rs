@@ -2,16 +2,15 @@
 //! in its data dir, every way the control plane (or the relay itself) refuses, and certificate
 //! renewal while a tunnel carries a bulk transfer.
 
-
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::common::*;
+use anyhow::{bail, ensure, Context, Result};
 use sat_control::pki::{Ca, Usage};
+use sat_proto::clock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,17 +122,11 @@ async fn relays(net: &Net) -> Result<Vec<Value>> {
     serde_json::from_str(&out).with_context(|| format!("`sat admin --json relays` said: {out}"))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The serial (lowercase hex) of the first certificate in a PEM file.
 fn serial_of(pem: &Path) -> Result<String> {
     let text =
         std::fs::read_to_string(pem).with_context(|| format!("reading {}", pem.display()))?;
-    let certs = sat_transport::tls::certs_from_pem(&text);
+    let certs = sat_transport::identity::certs_from_pem(&text);
     let leaf = certs
         .first()
         .with_context(|| format!("{} holds no certificate", pem.display()))?;
@@ -359,13 +352,13 @@ async fn expired_token_is_refused() -> Result<()> {
         .await?;
     let created: Value = serde_json::from_str(&out)?;
     let token = created["token"].as_str().context("no token")?.to_owned();
-    let expires_at = created["expires_at"].as_u64().context("no expires_at")?;
+    let expires_at = created["expires_at"].as_i64().context("no expires_at")?;
     ensure!(
-        expires_at <= now_ms() + 1500,
+        expires_at <= clock::unix_millis() + 1500,
         "a 1s token expires at {expires_at}, more than 1s from now"
     );
     // Nothing announces that a wall-clock time has passed.
-    while now_ms() <= expires_at + 100 {
+    while clock::unix_millis() <= expires_at + 100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -490,7 +483,7 @@ async fn certificate_unknown_to_the_control_plane_is_refused() -> Result<()> {
     cert.write(&data, "relay")
         .map_err(|e| anyhow::anyhow!("writing the certificate: {e}"))?;
     std::fs::copy(control_data.join("ca.pem"), data.join("ca.pem"))?;
-    let now = now_ms() / 1000;
+    let now = clock::unix_seconds();
     let identity = serde_json::json!({
         "name": "forged", "region": "eu", "issued_at": now, "not_after": now + 3600,
     });

@@ -2,13 +2,11 @@
 //! GeoIP test database gets the relay nearest to each, and a relay taken out of rotation (killed
 //! or drained) stops being handed out.
 
-
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::common::*;
+use anyhow::{bail, ensure, Context, Result};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -29,15 +27,22 @@ const CHANGCHUN: &str = "175.16.199.0/24";
 /// silent relay down after 2 s, and a draining one at once.
 const GONE_WITHIN: Duration = Duration::from_secs(3);
 
-/// `dig @dns A app.sat.test +subnet=SUBNET`: the answers in order and the CLIENT-SUBNET line.
-async fn dig(dns: SocketAddr, subnet: &str) -> Result<(Vec<String>, String)> {
+/// `dig @dns ARGS`, with one try; its output, once it succeeded.
+async fn dig_at(dns: SocketAddr, args: &[&str]) -> Result<String> {
     let mut cmd = Command::new("dig");
     cmd.arg(format!("@{}", dns.ip()))
-        .args(["-p", &dns.port().to_string(), "app.sat.test", "A"])
-        .arg(format!("+subnet={subnet}"))
+        .args(["-p", &dns.port().to_string()])
+        .args(args)
         .args(["+tries=1", "+time=2"]);
     let (status, out, err) = run(cmd, SHORT).await?;
-    ensure!(status.success(), "dig: {status}: {err}\n{out}");
+    ensure!(status.success(), "dig {args:?}: {status}: {err}\n{out}");
+    Ok(out)
+}
+
+/// `dig @dns A app.sat.test +subnet=SUBNET`: the answers in order and the CLIENT-SUBNET line.
+async fn dig(dns: SocketAddr, subnet: &str) -> Result<(Vec<String>, String)> {
+    let subnet = format!("+subnet={subnet}");
+    let out = dig_at(dns, &["app.sat.test", "A", &subnet]).await?;
     let ecs = out
         .lines()
         .find(|l| l.contains("CLIENT-SUBNET"))
@@ -49,6 +54,16 @@ async fn dig(dns: SocketAddr, subnet: &str) -> Result<(Vec<String>, String)> {
         .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
         .collect();
     Ok((answers, ecs))
+}
+
+/// `dig @dns SOA sat.test +short`: the zone's SOA serial.
+async fn soa_serial(dns: SocketAddr) -> Result<u32> {
+    let out = dig_at(dns, &["sat.test", "SOA", "+short"]).await?;
+    // "ns1.sat.test. hostmaster.sat.test. SERIAL REFRESH RETRY EXPIRE MINIMUM"
+    out.split_whitespace()
+        .nth(2)
+        .and_then(|serial| serial.parse().ok())
+        .with_context(|| format!("no SOA serial in {out:?}"))
 }
 
 /// Asks `dns` for `subnet` every 20 ms until the one answer is `want`; returns how long that
@@ -134,10 +149,20 @@ async fn relays_answer_geo_dns_with_the_nearest_healthy_relay() -> Result<()> {
         );
     }
 
-    // Drain London: within a push, London's clients get the next best relay instead.
+    // Drain London: within a push, London's clients get the next best relay instead, and the
+    // zone's SOA serial (the config generation) grows with the answers' change.
+    let serial_before = soa_serial(dns).await?;
     net.admin_ok(["relays", "drain", &relays[0].name]).await?;
     let took = wait_answer(dns, LONDON, NEWYORK_IP, GONE_WITHIN).await?;
-    eprintln!("drain to DNS change: {} ms", took.as_millis());
+    let serial_after = soa_serial(dns).await?;
+    eprintln!(
+        "drain to DNS change: {} ms; SOA serial {serial_before} -> {serial_after}",
+        took.as_millis()
+    );
+    ensure!(
+        serial_after > serial_before,
+        "the SOA serial went from {serial_before} to {serial_after} across a drain"
+    );
     Ok(())
 }
 

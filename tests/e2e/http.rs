@@ -1,15 +1,13 @@
 //! HTTP through a relay, with real clients: curl (HTTP/1.1 and HTTP/2), a Python WebSocket
 //! client, and raw TCP for requests no well-behaved client sends.
 
-
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::common::*;
+use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::time::Instant;

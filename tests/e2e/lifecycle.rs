@@ -1,15 +1,13 @@
 //! Starting and stopping: SIGTERM drain, `sat check-config`, and `sat up` from start to Ctrl-C.
 
-
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
 use crate::common::*;
+use anyhow::{ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -171,6 +169,7 @@ fn write_configs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         connect_timeout: Some("1s"),
         relay_cert_lifetime: Some("12h"),
         dns: Some(dns_section("web")),
+        ..Default::default()
     };
     std::fs::write(
         &control,

@@ -1,16 +1,14 @@
 //! The control plane as the system of record: the relay registry and its health, the admin API
 //! (and `sat admin`), and what survives a restart of the control plane.
 
-
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::common::*;
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -2,13 +2,11 @@
 //! whole path. A relay far from the primary (its uplink behind a 30 ms delay each way) loses to
 //! one next to it, though the client reaches both equally fast.
 
-
-
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
 use crate::common::delay::{DelayProxy, Props};
 use crate::common::*;
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tokio::time::Instant;
 

@@ -5,14 +5,12 @@
 //! Distances come from delay proxies: each "distant" relay's public port (TCP for HTTPS and the
 //! latency check, UDP for QUIC) sits behind one, as does its uplink to the control plane.
 
-
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
 use crate::common::delay::{DelayProxy, Jitter, Props};
 use crate::common::*;
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

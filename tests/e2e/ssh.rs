@@ -1,15 +1,13 @@
 //! Real OpenSSH through Satellite: `ssh -o ProxyCommand="sat connect ssh ..."`, and plain
 //! `ssh -p <relay's TCP port>`, to an `sshd` the test runs in its own temp dir.
 
-
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::common::*;
+use anyhow::{bail, ensure, Context, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 

@@ -1,12 +1,10 @@
 //! TCP tunnels end to end: `sat connect` (QUIC, and the TLS-over-TCP fallback), `sat forward`,
 //! and a relay's own TCP port, each through a real control plane to a real backend.
 
-
-
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
 use crate::common::*;
+use anyhow::{ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -75,6 +73,84 @@ async fn half_close_reaches_the_backend_and_the_answer_comes_back() -> Result<()
     );
     let status = tunnel.wait_exit(SHORT).await?;
     ensure!(status.success(), "sat connect exited with {status}");
+    Ok(())
+}
+
+/// A service that writes and closes ends `sat connect`'s stdout, and the process, while the
+/// user keeps stdin open: as ssh does with its ProxyCommand, waiting for stdout's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_closing_ends_stdout_while_stdin_stays_open() -> Result<()> {
+    let bye = serve(|mut stream| async move {
+        let _ = stream.write_all(b"bye\n").await;
+        // Dropped: the whole connection closes.
+    })
+    .await?;
+    let mut net = Net::start(vec![Service::tcp("bye", bye.addr)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+
+    let mut tunnel = sat_connect("bye", relay.https()?, net.ca())?;
+    // Held open, never written: the user is still there.
+    let _stdin = tunnel.stdin()?;
+    let mut stdout = tunnel.stdout()?;
+    let mut got = Vec::new();
+    tokio::time::timeout(SHORT, stdout.read_to_end(&mut got))
+        .await
+        .context("stdout did not end after the service closed, with stdin still open")??;
+    ensure!(got == b"bye\n", "got {:?}", String::from_utf8_lossy(&got));
+    let status = tunnel.wait_exit(SHORT).await?;
+    ensure!(status.success(), "sat connect exited with {status}");
+    Ok(())
+}
+
+/// A service that half-closes (its answer, then FIN) and keeps reading: stdout ends at once,
+/// what the user types after that still reaches the service, and once stdin has been quiet for
+/// a moment the tunnel ends (the service sees our FIN) and `sat connect` exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_service_half_closes_stdin_still_reaches_it_until_quiet() -> Result<()> {
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let half = serve(move |stream| {
+        let heard_tx = heard_tx.clone();
+        async move {
+            let (mut r, mut w) = stream.into_split();
+            let _ = w.write_all(b"answer\n").await;
+            let _ = w.shutdown().await;
+            let mut got = Vec::new();
+            let _ = r.read_to_end(&mut got).await;
+            // Sent at our FIN, with everything that came before it.
+            let _ = heard_tx.send(got);
+        }
+    })
+    .await?;
+    let mut net = Net::start(vec![Service::tcp("half", half.addr)]).await?;
+    let relay = net.relay(RelayOpts::default()).await?;
+
+    let mut tunnel = sat_connect("half", relay.https()?, net.ca())?;
+    let mut stdin = tunnel.stdin()?;
+    let mut stdout = tunnel.stdout()?;
+    let mut got = Vec::new();
+    tokio::time::timeout(SHORT, stdout.read_to_end(&mut got))
+        .await
+        .context("stdout did not end after the service half-closed")??;
+    ensure!(
+        got == b"answer\n",
+        "got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    stdin.write_all(b"late\n").await?;
+    stdin.flush().await?;
+    let heard = tokio::time::timeout(SHORT, heard.recv())
+        .await
+        .context("the service saw no end of input: stdin, open and quiet, kept the tunnel")?
+        .context("backend gone")?;
+    ensure!(
+        heard == b"late\n",
+        "the service heard {:?}, not what was typed after its half-close",
+        String::from_utf8_lossy(&heard)
+    );
+    let status = tunnel.wait_exit(SHORT).await?;
+    ensure!(status.success(), "sat connect exited with {status}");
+    drop(stdin);
     Ok(())
 }
 

@@ -1,16 +1,14 @@
 //! Several uplinks per relay: losing one costs only the streams it carried.
 
-
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
 use crate::common::delay::{DelayProxy, Props};
 use crate::common::udp_proxy::UdpProxy;
 use crate::common::*;
+use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

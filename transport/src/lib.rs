@@ -4,27 +4,28 @@
 //! and abort (RST) across. `sat-proto` stays free of IO; this crate is where tokio and quinn
 //! meet it, as quinn is to quinn-proto.
 //!
-//! - [`tls`]: certificates from PEM, rustls and quinn configs for uplinks and user tunnels.
+//! - [`identity`]: certificate chains, keys and CA bundles from PEM; the one crypto provider.
+//! - [`tls`]: rustls and quinn configs for uplinks and user tunnels.
 //! - [`pin`]: a certificate replaceable at run time, and trust pinned by a CA fingerprint.
 //! - [`splice`]: QUIC stream ⇄ TCP or any byte stream, with FIN/RST propagation.
 //! - [`io`]: a QUIC stream pair as one `AsyncRead + AsyncWrite`, for hyper.
 //! - [`http`]: what both ends of an HTTP stream share: the body type, plain-text answers.
 //! - [`files`]: keys and certificates written whole, with their mode from the start.
 //! - [`header`]: reading a stream header or answer off a QUIC stream, bounded and timed.
-//! - [`routing`]: the pushed relay map in geo routing's types, for ranking and geo DNS.
 //! - [`ahead`]: the bytes a stream sends ahead of its answer, kept to send again elsewhere.
 //! - [`listen`]: TCP listeners with an accept queue for bursts.
+//! - [`metrics`]: `/metrics` pages: fixed-label families, the text format, QUIC counters.
 
 pub mod ahead;
 mod error;
 pub mod files;
 pub mod header;
 pub mod http;
+pub mod identity;
 pub mod io;
-pub mod latency;
 pub mod listen;
+pub mod metrics;
 pub mod pin;
-pub mod routing;
 pub mod splice;
 pub mod tls;
 

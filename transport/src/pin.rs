@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::tls::{provider, Identity};
+use crate::identity::{provider, Identity};
 use crate::TransportError;
 
 /// SHA-256 of a certificate's DER: the fingerprint an enrolment token pins.

@@ -53,6 +53,15 @@ pub enum SpliceError {
     Rejected(Rejected),
 }
 
+/// A splice that ended short of both sides finishing cleanly: why, and what had moved by then
+/// (metrics count those bytes too).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Aborted {
+    pub error: SpliceError,
+    pub moved: Moved,
+}
+
 impl From<ReadError> for SpliceError {
     fn from(e: ReadError) -> Self {
         match e {
@@ -81,21 +90,22 @@ pub async fn tcp(
     send: &mut SendStream,
     recv: &mut RecvStream,
     first: Bytes,
-) -> Result<Moved, SpliceError> {
+) -> Result<Moved, Aborted> {
     let (mut r, mut w) = tcp.into_split();
-    let result = tokio::try_join!(tcp_to_quic(&mut r, send), quic_to_io(recv, &mut w, first));
+    let mut moved = Moved::default();
+    let result = tokio::try_join!(
+        tcp_to_quic(&mut r, send, &mut moved.into_quic),
+        quic_to_io(recv, &mut w, first, &mut moved.out_of_quic)
+    );
     match result {
-        Ok((into_quic, out_of_quic)) => Ok(Moved {
-            into_quic,
-            out_of_quic,
-        }),
-        Err(e) => {
+        Ok(_) => Ok(moved),
+        Err(error) => {
             abort_quic(send, recv);
             if let Ok(tcp) = r.reunite(w) {
                 // Linger 0 turns the close into a RST, so the local peer sees the abort.
                 let _ = tcp.set_zero_linger();
             }
-            Err(e)
+            Err(Aborted { error, moved })
         }
     }
 }
@@ -107,27 +117,26 @@ pub async fn io<R, W>(
     send: &mut SendStream,
     recv: &mut RecvStream,
     first_into_quic: Bytes,
-) -> Result<Moved, SpliceError>
+) -> Result<Moved, Aborted>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut moved = Moved::default();
+    let into_quic = &mut moved.into_quic;
     let up = async {
         if !first_into_quic.is_empty() {
-            send.write_chunk(first_into_quic.clone()).await?;
+            *into_quic += first_into_quic.len() as u64;
+            send.write_chunk(first_into_quic).await?;
         }
-        io_to_quic(&mut r, send)
-            .await
-            .map(|n| n + first_into_quic.len() as u64)
+        io_to_quic(&mut r, send, into_quic).await
     };
-    match tokio::try_join!(up, quic_to_io(recv, &mut w, Bytes::new())) {
-        Ok((into_quic, out_of_quic)) => Ok(Moved {
-            into_quic,
-            out_of_quic,
-        }),
-        Err(e) => {
+    let down = quic_to_io(recv, &mut w, Bytes::new(), &mut moved.out_of_quic);
+    match tokio::try_join!(up, down) {
+        Ok(_) => Ok(moved),
+        Err(error) => {
             abort_quic(send, recv);
-            Err(e)
+            Err(Aborted { error, moved })
         }
     }
 }
@@ -138,26 +147,25 @@ pub async fn quic(
     a: (&mut SendStream, &mut RecvStream),
     b: (&mut SendStream, &mut RecvStream),
     first: Bytes,
-) -> Result<Moved, SpliceError> {
+) -> Result<Moved, Aborted> {
     let (a_send, a_recv) = a;
     let (b_send, b_recv) = b;
+    let mut moved = Moved::default();
+    let into_quic = &mut moved.into_quic;
     let a_to_b = async {
         if !first.is_empty() {
-            b_send.write_chunk(first.clone()).await?;
+            *into_quic += first.len() as u64;
+            b_send.write_chunk(first).await?;
         }
-        quic_to_quic(a_recv, b_send)
-            .await
-            .map(|n| n + first.len() as u64)
+        quic_to_quic(a_recv, b_send, into_quic).await
     };
-    match tokio::try_join!(a_to_b, quic_to_quic(b_recv, a_send)) {
-        Ok((into_quic, out_of_quic)) => Ok(Moved {
-            into_quic,
-            out_of_quic,
-        }),
-        Err(e) => {
+    let b_to_a = quic_to_quic(b_recv, a_send, &mut moved.out_of_quic);
+    match tokio::try_join!(a_to_b, b_to_a) {
+        Ok(_) => Ok(moved),
+        Err(error) => {
             abort_quic(a_send, a_recv);
             abort_quic(b_send, b_recv);
-            Err(e)
+            Err(Aborted { error, moved })
         }
     }
 }
@@ -168,8 +176,13 @@ fn abort_quic(send: &mut SendStream, recv: &mut RecvStream) {
     let _ = recv.stop(ABORTED);
 }
 
-async fn tcp_to_quic(r: &mut OwnedReadHalf, send: &mut SendStream) -> Result<u64, SpliceError> {
-    let mut total = 0u64;
+/// Each copy loop adds what it moved to `total` as it goes, so that an aborted splice still
+/// says how much got through.
+async fn tcp_to_quic(
+    r: &mut OwnedReadHalf,
+    send: &mut SendStream,
+    total: &mut u64,
+) -> Result<(), SpliceError> {
     let mut scratch: Option<BytesMut> = None;
     loop {
         if scratch.is_none() {
@@ -183,10 +196,10 @@ async fn tcp_to_quic(r: &mut OwnedReadHalf, send: &mut SendStream) -> Result<u64
         match r.try_read_buf(buf) {
             Ok(0) => {
                 let _ = send.finish();
-                return Ok(total);
+                return Ok(());
             }
             Ok(n) => {
-                total += n as u64;
+                *total += n as u64;
                 // split() hands the filled part on and keeps the rest of the allocation for
                 // the next read while bytes keep coming.
                 send.write_chunk(buf.split().freeze()).await?;
@@ -200,8 +213,8 @@ async fn tcp_to_quic(r: &mut OwnedReadHalf, send: &mut SendStream) -> Result<u64
 async fn io_to_quic<R: AsyncRead + Unpin>(
     r: &mut R,
     send: &mut SendStream,
-) -> Result<u64, SpliceError> {
-    let mut total = 0u64;
+    total: &mut u64,
+) -> Result<(), SpliceError> {
     let mut buf = BytesMut::new();
     loop {
         if buf.capacity() < CHUNK / 4 {
@@ -210,9 +223,9 @@ async fn io_to_quic<R: AsyncRead + Unpin>(
         let n = r.read_buf(&mut buf).await.map_err(SpliceError::Local)?;
         if n == 0 {
             let _ = send.finish();
-            return Ok(total);
+            return Ok(());
         }
-        total += n as u64;
+        *total += n as u64;
         send.write_chunk(buf.split().freeze()).await?;
     }
 }
@@ -221,13 +234,14 @@ async fn quic_to_io<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
     w: &mut W,
     first: Bytes,
-) -> Result<u64, SpliceError> {
-    let mut total = first.len() as u64;
+    total: &mut u64,
+) -> Result<(), SpliceError> {
     if !first.is_empty() {
         w.write_all(&first).await.map_err(SpliceError::Local)?;
+        *total += first.len() as u64;
     }
     while let Some(chunk) = recv.read_chunk(CHUNK, true).await? {
-        total += chunk.bytes.len() as u64;
+        *total += chunk.bytes.len() as u64;
         w.write_all(&chunk.bytes)
             .await
             .map_err(SpliceError::Local)?;
@@ -235,7 +249,7 @@ async fn quic_to_io<W: AsyncWrite + Unpin>(
     // The QUIC side finished: pass the half-close on. The peer may already be gone, and that
     // is not an error of ours.
     let _ = w.shutdown().await;
-    Ok(total)
+    Ok(())
 }
 
 /// Runs both directions of a stream we opened, like `try_join!(up, down)`, except that an
@@ -282,17 +296,20 @@ pub async fn read_answer(recv: &mut RecvStream) -> Result<Bytes, SpliceError> {
     }
 }
 
-async fn quic_to_quic(recv: &mut RecvStream, send: &mut SendStream) -> Result<u64, SpliceError> {
-    let mut total = 0u64;
+async fn quic_to_quic(
+    recv: &mut RecvStream,
+    send: &mut SendStream,
+    total: &mut u64,
+) -> Result<(), SpliceError> {
     while let Some(chunk) = recv.read_chunk(CHUNK, true).await? {
-        total += chunk.bytes.len() as u64;
+        *total += chunk.bytes.len() as u64;
         send.write_chunk(chunk.bytes).await?;
         // quinn takes no part in tokio's cooperative budget: without this, a stream that
         // always has data ready would keep its worker thread from every other task.
         tokio::task::consume_budget().await;
     }
     let _ = send.finish();
-    Ok(total)
+    Ok(())
 }
 
 #[cfg(test)]

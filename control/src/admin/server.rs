@@ -12,9 +12,11 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sat_proto::clock;
 use sat_proto::control::Access;
 use sat_proto::enrol::EnrolToken;
 use sat_proto::stream::{validate_service_name, StreamKind};
+use sat_transport::metrics;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -26,14 +28,13 @@ use super::api::{
     AccessTokenView, ApiError, AuditView, CreateAccessToken, CreateRelayToken, RelayTokenView,
     RelayView, ServiceView,
 };
+use super::status_page;
 use crate::config::ServiceConfig;
-use crate::publish::now_ms;
-use crate::registry::Health;
 use crate::secrets::{random_hex, sha256_hex};
-use crate::server::Shared;
+use crate::state::Shared;
+use crate::status::{self, audit_view, relay_view, service_view};
 use crate::store::{
-    AccessTokenRecord, AuditRecord, RelayAdminState, RelayRecord, RelayTokenRecord, ServiceRecord,
-    StoreError,
+    AccessTokenRecord, AuditRecord, RelayAdminState, RelayTokenRecord, ServiceRecord, StoreError,
 };
 
 const MAX_BODY: usize = 64 * 1024;
@@ -124,6 +125,28 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Reply {
     }
 }
 
+/// `GET /metrics`: the gauges that mirror state brought up to date, then every family.
+fn metrics_page(shared: &Shared) -> Reply {
+    let snapshot = shared.snapshot.borrow().clone();
+    shared.registry.fold_quic(&shared.metrics.quic);
+    shared.metrics.refresh(
+        &snapshot.push.relays,
+        snapshot.push.generation,
+        shared.registry.uplink_count(),
+    );
+    match metrics::encode(&shared.metrics.registry) {
+        Ok(page) => {
+            let mut resp = Response::new(Full::new(page));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            resp
+        }
+        Err(e) => json(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::new(e)),
+    }
+}
+
 async fn route(req: Request<Incoming>, shared: &Shared) -> Result<Reply, Refusal> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let parts: Vec<&str> = path.split('/').skip(1).collect();
@@ -141,6 +164,19 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Result<Reply, Refusal
                 "relays": snapshot.push.relays,
             });
             return Ok(json(StatusCode::OK, &map));
+        }
+        // For Prometheus, which carries no token: counts and states, no secrets.
+        (&Method::GET, ["metrics"]) => return Ok(metrics_page(shared)),
+        // The status page and its JSON: the status token or an admin token.
+        (&Method::GET, ["status"]) => return Ok(status_page(&req, shared).await),
+        (&Method::GET, ["api", "status"]) => {
+            may_read_status(&req, shared).await?;
+            let mut reply = json(StatusCode::OK, &status::gather(shared).await);
+            reply.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            return Ok(reply);
         }
         (_, ["v1", ..]) => {}
         _ => return Err(not_found(format!("no such path: {method} {path}"))),
@@ -219,8 +255,102 @@ async fn authenticate(req: &Request<Incoming>, shared: &Shared) -> Result<String
     // Only hashes are stored, so the lookup compares hashes and reveals nothing about tokens.
     match shared.store.admin_token_by_hash(&sha256_hex(token)).await? {
         Some(t) => Ok(format!("admin:{}", t.id)),
+        None if shared.status_token.matches(token) => Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "the status token reads only GET /status and GET /api/status; this needs the admin \
+             token (in <data_dir>/admin.token)"
+                .to_owned(),
+        )),
         None => Err(unauthorized("the admin token is not valid")),
     }
+}
+
+/// The token a reader of the status presented: the Bearer header, else the `token` query
+/// parameter, since a browser cannot put a header on a link or a bookmark.
+fn presented_token(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+}
+
+/// Lets a request read the status if it presents the status token or an admin token. A
+/// refusal says which tokens would do, and where they are.
+async fn may_read_status(req: &Request<Incoming>, shared: &Shared) -> Result<(), Refusal> {
+    let refused = |what: &str| {
+        let status = shared.status_token.path();
+        Refusal(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{what}: reading the status needs the status token (in {}) or the admin token \
+                 (in {}); open /status?token=TOKEN, or send `Authorization: Bearer TOKEN`",
+                status.display(),
+                status.with_file_name("admin.token").display()
+            ),
+        )
+    };
+    let token = presented_token(req)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| refused("no token"))?;
+    // The status token first: it needs no store, so the page works while the store is down.
+    if shared.status_token.matches(token) {
+        return Ok(());
+    }
+    match shared.store.admin_token_by_hash(&sha256_hex(token)).await? {
+        Some(_) => Ok(()),
+        None => Err(refused("the token is not valid")),
+    }
+}
+
+/// `GET /status`: the page, or a short page saying which token it needs.
+async fn status_page(req: &Request<Incoming>, shared: &Shared) -> Reply {
+    let (status, body) = match may_read_status(req, shared).await {
+        Ok(()) => (
+            StatusCode::OK,
+            status_page::render(&status::gather(shared).await),
+        ),
+        Err(Refusal(status, message)) => (status, status_page::refused(&message)),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    let policy = header::HeaderValue::from_str(status_page::content_security_policy())
+        .unwrap_or_else(|_| header::HeaderValue::from_static("default-src 'none'"));
+    for (name, value) in [
+        (
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/html; charset=utf-8"),
+        ),
+        (
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        ),
+        (
+            header::REFERRER_POLICY,
+            header::HeaderValue::from_static("no-referrer"),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            header::HeaderValue::from_static("nosniff"),
+        ),
+        (header::CONTENT_SECURITY_POLICY, policy),
+    ] {
+        headers.insert(name, value);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"sat status\""),
+        );
+    }
+    resp
 }
 
 async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Refusal> {
@@ -264,7 +394,7 @@ async fn record(
 ) {
     let entry = AuditRecord {
         id: random_hex(8),
-        at: now_ms(),
+        at: clock::unix_millis(),
         actor: actor.to_owned(),
         action: action.to_owned(),
         target: target.to_owned(),
@@ -297,46 +427,14 @@ fn parse_ttl(ttl: Option<&str>, default: Duration, max: Duration) -> Result<Dura
 
 // ---- relays ----
 
-fn relay_view(r: &RelayRecord, shared: &Shared, now: Instant, now_ms: i64) -> RelayView {
-    let live = shared.registry.view(&r.name, now);
-    let state = match (r.state, live.as_ref().map(|l| l.health)) {
-        (RelayAdminState::Revoked, _) => "revoked",
-        (RelayAdminState::Drained, _) => "drained",
-        (_, Some(Health::Up)) => "up",
-        (_, Some(Health::Draining)) => "draining",
-        (_, _) => "down",
-    };
-    let last = live
-        .as_ref()
-        .and_then(|l| l.since_heartbeat)
-        .map(|d| d.as_millis() as u64)
-        .or_else(|| r.last_seen_at.map(|t| (now_ms - t).max(0) as u64));
-    RelayView {
-        name: r.name.clone(),
-        region: r.region.clone(),
-        state: state.into(),
-        last_heartbeat_ms_ago: last,
-        rtt_us: live.as_ref().and_then(|l| l.rtt_us),
-        streams: live.as_ref().map_or(0, |l| l.open_streams),
-        connections: live.as_ref().map_or(0, |l| l.user_connections),
-        load: live.as_ref().and_then(|l| l.load),
-        uplinks: live.as_ref().map_or(0, |l| l.uplinks),
-        version: live
-            .as_ref()
-            .map_or_else(|| r.version.clone(), |l| l.version.clone()),
-        addresses: live.map_or_else(|| r.addresses.clone(), |l| l.addresses),
-        enrolled_at: r.enrolled_at,
-    }
-}
-
 async fn relays(shared: &Shared) -> Result<Vec<RelayView>, Refusal> {
-    let (now, now_ms) = (Instant::now(), now_ms());
+    let (now, now_ms) = (Instant::now(), clock::unix_millis());
     Ok(shared
         .store
         .relays()
         .await?
         .iter()
-        .map(|r| relay_view(r, shared, now, now_ms))
+        .map(|r| relay_view(r, &shared.registry, now, now_ms))
         .collect())
 }
 
@@ -367,7 +465,10 @@ async fn relay_action(
             current.region
         )));
     }
-    shared.store.set_relay_state(name, state, now_ms()).await?;
+    shared
+        .store
+        .set_relay_state(name, state, clock::unix_millis())
+        .await?;
     let mut detail = serde_json::json!({ "from": current.state.as_str() });
     if state == RelayAdminState::Revoked {
         shared.store.forget_relay_certs(name).await?;
@@ -378,7 +479,12 @@ async fn relay_action(
     }
     record(shared, actor, &format!("relay.{action}"), name, detail).await;
     let updated = shared.store.relay(name).await?.unwrap_or(current);
-    Ok(relay_view(&updated, shared, Instant::now(), now_ms()))
+    Ok(relay_view(
+        &updated,
+        &shared.registry,
+        Instant::now(),
+        clock::unix_millis(),
+    ))
 }
 
 async fn create_relay_token(
@@ -396,7 +502,7 @@ async fn create_relay_token(
         MAX_RELAY_TOKEN_TTL,
     )?;
     let token = EnrolToken::new(rand::random(), rand::random(), shared.ca.fingerprint());
-    let now = now_ms();
+    let now = clock::unix_millis();
     let expires_at = now + ttl.as_millis() as i64;
     let rec = RelayTokenRecord {
         id: token.id.clone(),
@@ -422,20 +528,6 @@ async fn create_relay_token(
 }
 
 // ---- services ----
-
-fn service_view(s: &ServiceRecord) -> ServiceView {
-    ServiceView {
-        name: s.name.clone(),
-        kind: s.kind.to_string(),
-        backend: s.backend.clone(),
-        hostnames: s.hostnames.clone(),
-        access: match s.access {
-            Access::Public => "public".into(),
-            Access::Token => "token".into(),
-        },
-        created_at: s.created_at,
-    }
-}
 
 async fn services(shared: &Shared) -> Result<Vec<ServiceView>, Refusal> {
     Ok(shared
@@ -485,7 +577,7 @@ async fn add_service(
         backend: config.backend.clone(),
         hostnames: config.hostnames.clone(),
         access,
-        created_at: now_ms(),
+        created_at: clock::unix_millis(),
     };
     if !shared.store.insert_service(&rec).await? {
         return Err(conflict(format!(
@@ -540,7 +632,7 @@ async fn create_access_token(
         }
     }
     let ttl = parse_ttl(body.ttl.as_deref(), DEFAULT_ACCESS_TTL, MAX_ACCESS_TTL)?;
-    let now = now_ms();
+    let now = clock::unix_millis();
     let (token, claims) = shared
         .signer
         .issue(body.services.clone(), ttl, (now / 1000) as u64);
@@ -574,7 +666,7 @@ async fn revoke_access_token(
 ) -> Result<AccessTokenView, Refusal> {
     let rec = shared
         .store
-        .revoke_access_token(id, now_ms())
+        .revoke_access_token(id, clock::unix_millis())
         .await?
         .ok_or_else(|| {
             not_found(format!(
@@ -615,12 +707,6 @@ async fn audit(shared: &Shared, query: &str) -> Result<Vec<AuditView>, Refusal> 
         .audit_log(limit)
         .await?
         .into_iter()
-        .map(|e| AuditView {
-            at: e.at,
-            actor: e.actor,
-            action: e.action,
-            target: e.target,
-            detail: serde_json::from_str(&e.detail).unwrap_or(serde_json::Value::String(e.detail)),
-        })
+        .map(audit_view)
         .collect())
 }

@@ -9,6 +9,7 @@
 
 mod records;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -151,6 +152,20 @@ impl Store {
                 e => format!("{name}: {e}"),
             })
         })
+    }
+
+    /// What kind of database this is, for people: `sqlite`.
+    pub fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    /// Where the database is: the SQLite file's path (`:memory:` for a test store).
+    pub fn location(&self) -> String {
+        self.pool
+            .connect_options()
+            .get_filename()
+            .display()
+            .to_string()
     }
 
     /// The highest migration applied to the database.
@@ -408,6 +423,18 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(relay)
+    }
+
+    /// For each relay holding a certificate, when its newest one expires (unix ms).
+    pub async fn relay_cert_expiries(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT relay, MAX(not_after) AS not_after FROM relay_certs GROUP BY relay",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("relay")?, row.try_get("not_after")?)))
+            .collect()
     }
 
     /// Forgets certificates that expired before `expired_before`; returns how many.

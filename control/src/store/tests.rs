@@ -143,6 +143,9 @@ async fn the_database_file_is_private_and_in_wal_mode() {
         .await
         .unwrap();
     assert_eq!(fk, 1);
+    // What the status page shows of it.
+    assert_eq!(store.kind(), "sqlite");
+    assert_eq!(store.location(), path.display().to_string());
 }
 
 #[tokio::test]
@@ -485,6 +488,13 @@ async fn relay_certs_map_to_their_relay_and_prune() {
         Some("ams-1")
     );
     assert_eq!(store.cert_owner("ffff").await.unwrap(), None);
+    let expiries = store.relay_cert_expiries().await.unwrap();
+    assert_eq!(
+        expiries.get("ams-1"),
+        Some(&20_000),
+        "the newest certificate's"
+    );
+    assert_eq!(expiries.len(), 1);
     // The foreign key holds: a certificate belongs to a stored relay.
     let orphan = store.insert_relay_cert("0e3f", "nope", 1_000, 20_000).await;
     assert!(matches!(orphan, Err(StoreError::Db(_))), "{orphan:?}");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hickory_proto::op::message::{emit_message_parts, EmitAndCount};
 use hickory_proto::op::{Edns, Header, LowerQuery, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
-use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncoder};
 use hickory_proto::xfer::Protocol;
@@ -19,10 +19,12 @@ use hickory_proto::ProtoError;
 use hickory_server::authority::MessageRequest;
 
 use super::config::Node;
-use super::fast::name_end;
+use super::handler::GeoDns;
 use super::memo::{self, Choice, ClientKey};
+use super::metrics::Transport;
+use super::network::Network;
 use super::table::DnsTable;
-use super::{GeoDns, Network};
+use super::wire::{name_end, well_formed, HEADER};
 use crate::rank::{rank, Client};
 use crate::Location;
 
@@ -115,7 +117,6 @@ impl<'a> RawQuestion<'a> {
     /// The question of a parsed query with `count` questions, if it is one with a name written
     /// out in full (no compression pointer, which only makes sense relative to the message).
     fn of(datagram: &'a [u8], count: usize) -> Option<Self> {
-        const HEADER: usize = 12;
         if count != 1 {
             return None;
         }
@@ -154,6 +155,11 @@ fn record_size_bound(record: &Record) -> usize {
 /// family's addresses and an ADDRESS cut short, so such queries never parse and hickory-server
 /// answers FORMERR itself. What is left to check here is RFC 7871's "non-zero ADDRESS bits set
 /// beyond SOURCE PREFIX-LENGTH" and a second ECS option.
+/// Whether the query carried an EDNS Client Subnet option, well-formed or not.
+pub(super) fn has_ecs(edns: Option<&Edns>) -> bool {
+    edns.is_some_and(|e| !e.options().get_all(EdnsCode::Subnet).is_empty())
+}
+
 fn client_subnet(edns: Option<&Edns>) -> Result<Option<ClientSubnet>, ()> {
     let Some(edns) = edns else {
         return Ok(None);
@@ -162,19 +168,6 @@ fn client_subnet(edns: Option<&Edns>) -> Result<Option<ClientSubnet>, ()> {
         [] => Ok(None),
         [EdnsOption::Subnet(ecs)] if well_formed(ecs) => Ok(Some(*ecs)),
         _ => Err(()),
-    }
-}
-
-pub(super) fn well_formed(ecs: &ClientSubnet) -> bool {
-    let prefix = u32::from(ecs.source_prefix());
-    match ecs.addr() {
-        IpAddr::V4(addr) => {
-            prefix <= 32 && u32::from(addr) & !u32::MAX.checked_shl(32 - prefix).unwrap_or(0) == 0
-        }
-        IpAddr::V6(addr) => {
-            prefix <= 128
-                && u128::from(addr) & !u128::MAX.checked_shl(128 - prefix).unwrap_or(0) == 0
-        }
     }
 }
 
@@ -205,6 +198,9 @@ impl GeoDns {
         let encoded = match MessageRequest::from_bytes(datagram) {
             Ok(request) if request.message_type() == MessageType::Query => {
                 let reply = self.reply(&request, src, Protocol::Udp);
+                let ecs = has_ecs(request.edns());
+                self.metrics
+                    .answered(reply.header.response_code(), Transport::Udp, ecs);
                 match RawQuestion::of(datagram, request.queries().len()) {
                     Some(mut question) => reply.emit(&mut question, &mut encoder),
                     None => {
@@ -217,6 +213,8 @@ impl GeoDns {
             Err(_) => match Header::from_bytes(datagram) {
                 Ok(header) if header.message_type() == MessageType::Query => {
                     let reply = Reply::new(&header).rcode(ResponseCode::FormErr);
+                    self.metrics
+                        .answered(ResponseCode::FormErr, Transport::Udp, false);
                     reply.emit(&mut iter::empty::<&Query>(), &mut encoder)
                 }
                 _ => return,
@@ -311,10 +309,12 @@ impl GeoDns {
         reply.header.set_authoritative(true);
         // Answers carry the question's own spelling, for resolvers that randomise case.
         let owner = query.original().name();
+        let table = self.table.borrow().clone();
 
         let serves_relays = if at_apex {
             if matches!(qtype, RecordType::SOA | RecordType::ANY) {
-                reply.answers.push(with_owner(&zone.soa, owner));
+                let soa = with_serial(&zone.soa, table.serial());
+                reply.answers.push(with_owner(&soa, owner));
             }
             if matches!(qtype, RecordType::NS | RecordType::ANY) {
                 reply
@@ -326,7 +326,9 @@ impl GeoDns {
             match node {
                 None => {
                     reply.header.set_response_code(ResponseCode::NXDomain);
-                    reply.authority.push(zone.negative_soa.clone());
+                    reply
+                        .authority
+                        .push(with_serial(&zone.negative_soa, table.serial()));
                     return 0;
                 }
                 Some(Node::Empty) => false,
@@ -338,7 +340,6 @@ impl GeoDns {
         let wants_relays =
             serves_relays && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
         if wants_relays {
-            let table = self.table.borrow().clone();
             let families = [(RecordType::AAAA, false), (RecordType::A, true)];
             for (not_for, v6) in families {
                 if qtype == not_for {
@@ -361,7 +362,7 @@ impl GeoDns {
             } else {
                 &zone.negative_soa
             };
-            reply.authority.push(soa.clone());
+            reply.authority.push(with_serial(soa, table.serial()));
         }
         scope
     }
@@ -524,6 +525,24 @@ fn scope(ecs: Option<&ClientSubnet>, geo_scope: u8, table: &DnsTable) -> u8 {
     } else {
         geo_scope
     }
+}
+
+/// One of the zone's SOA records with `serial`: the table's, which changes whenever the
+/// answers can (see [`DnsTable::serial`]).
+fn with_serial(soa: &Record, serial: u32) -> Record {
+    let mut soa = soa.clone();
+    if let RData::SOA(data) = soa.data_mut() {
+        *data = SOA::new(
+            data.mname().clone(),
+            data.rname().clone(),
+            serial,
+            data.refresh(),
+            data.retry(),
+            data.expire(),
+            data.minimum(),
+        );
+    }
+    soa
 }
 
 fn with_owner(record: &Record, owner: &Name) -> Record {

@@ -73,7 +73,8 @@ pub struct DnsConfig {
 
 /// The SOA record's fields. The zone's content is made up per query, so no secondary ever
 /// transfers it, and refresh, retry and expire matter little; `minimum` is what resolvers use:
-/// how long they cache "no such name" (RFC 2308).
+/// how long they cache "no such name" (RFC 2308). The serial is not set here: it is the config
+/// generation of the relay map the answers come from (see [`super::DnsTable::serial`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SoaConfig {
@@ -84,8 +85,9 @@ pub struct SoaConfig {
     /// (`hostmaster.example.com`). Default: `hostmaster.<zone>`.
     #[serde(default)]
     pub rname: Option<String>,
-    #[serde(default = "default_serial")]
-    pub serial: u32,
+    /// No longer settable; kept to refuse it with the reason rather than as an unknown key.
+    #[serde(default)]
+    pub serial: Option<u32>,
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,
     #[serde(default = "default_retry", with = "humantime_serde")]
@@ -112,9 +114,6 @@ fn default_max_udp_payload() -> u16 {
 fn default_tcp_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_serial() -> u32 {
-    1
-}
 fn default_refresh() -> Duration {
     Duration::from_secs(3600)
 }
@@ -133,7 +132,7 @@ impl Default for SoaConfig {
         Self {
             mname: None,
             rname: None,
-            serial: default_serial(),
+            serial: None,
             refresh: default_refresh(),
             retry: default_retry(),
             expire: default_expire(),
@@ -372,11 +371,19 @@ impl Zone {
                     )
                 })?,
         };
+        if config.soa.serial.is_some() {
+            return Err(bad(
+                "soa.serial",
+                "cannot be set: the serial is the config generation, which grows with every \
+                 change the control plane pushes; remove the key",
+            ));
+        }
         let minimum = seconds("soa.minimum", config.soa.minimum)?;
         let soa_rdata = SOA::new(
             mname,
             rname,
-            config.soa.serial,
+            // Replaced in each answer by the table's (`DnsTable::serial`).
+            0,
             seconds("soa.refresh", config.soa.refresh)? as i32,
             seconds("soa.retry", config.soa.retry)? as i32,
             seconds("soa.expire", config.soa.expire)? as i32,
@@ -595,5 +602,13 @@ mod tests {
         let mut config = DnsConfig::for_zone("sat.example.com");
         config.name_servers = vec!["ns1.example.net".into(), "".into()];
         assert!(problem(&config).contains("`name_servers[1]`"));
+
+        let mut config = DnsConfig::for_zone("sat.example.com");
+        config.soa.serial = Some(2024010101);
+        let p = problem(&config);
+        assert!(
+            p.contains("`soa.serial`") && p.contains("config generation"),
+            "{p}"
+        );
     }
 }

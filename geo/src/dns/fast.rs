@@ -10,12 +10,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::opt::ClientSubnet;
 
-use super::answer::well_formed;
-use super::GeoDns;
+use super::handler::GeoDns;
+use super::metrics::Transport;
+use super::wire::{name_end, well_formed, HEADER};
 
-const HEADER: usize = 12;
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
@@ -106,6 +107,8 @@ impl GeoDns {
             out.clear();
             return false;
         }
+        self.metrics
+            .answered(ResponseCode::NoError, Transport::Udp, ecs.is_some());
         true
     }
 
@@ -255,21 +258,6 @@ impl<'a> Ecs<'a> {
             address,
             addr,
         })
-    }
-}
-
-/// Where the name written out at `at` ends (just past its root's zero byte), if it is written
-/// out in full: labels of 1 to 63 bytes, no compression pointer (which in a question would
-/// point back into the header).
-pub(super) fn name_end(message: &[u8], mut at: usize) -> Option<usize> {
-    loop {
-        let len = usize::from(*message.get(at)?);
-        at += 1 + len;
-        match len {
-            0 => return Some(at),
-            1..=63 => {}
-            _ => return None,
-        }
     }
 }
 

@@ -41,24 +41,26 @@
 mod answer;
 mod config;
 mod fast;
+mod handler;
 mod memo;
+mod metrics;
 mod network;
 mod section;
 mod sockets;
 mod table;
+mod tcp;
 mod udp;
+mod wire;
 
 use std::sync::Arc;
 
-use hickory_proto::op::ResponseCode;
-use hickory_server::authority::MessageResponseBuilder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 pub use config::{DnsConfig, SoaConfig};
+pub use handler::GeoDns;
+pub use metrics::{DnsMetrics, Transport};
 pub use network::Network;
 pub use section::DnsSection;
 pub use sockets::DnsSockets;
@@ -66,7 +68,6 @@ pub use table::{DnsRelay, DnsTable};
 
 use crate::geoip::GeoIp;
 use crate::GeoError;
-use config::Zone;
 use udp::UdpThreads;
 
 /// UDP threads at most by default, however many cores: past a few, the socket's queue is the
@@ -81,72 +82,6 @@ const DEFAULT_UDP_THREADS_MAX: usize = 4;
 fn default_udp_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     (cores / 2).clamp(1, DEFAULT_UDP_THREADS_MAX)
-}
-
-/// The request handler: the zone, the relays, and the GeoIP database. [`serve`] runs it; it is
-/// public for callers that want to give hickory-server other sockets too. Clones share
-/// everything, so that the UDP threads and the TCP tasks answer from the same table.
-#[derive(Clone)]
-pub struct GeoDns {
-    zone: Arc<Zone>,
-    table: watch::Receiver<Arc<DnsTable>>,
-    geoip: Arc<GeoIp>,
-}
-
-impl GeoDns {
-    /// Checks `config` (see [`DnsConfig::validate`]).
-    pub fn new(
-        config: &DnsConfig,
-        table: watch::Receiver<Arc<DnsTable>>,
-        geoip: Arc<GeoIp>,
-    ) -> Result<Self, GeoError> {
-        Ok(Self {
-            zone: Arc::new(Zone::from_config(config)?),
-            table,
-            geoip,
-        })
-    }
-}
-
-impl std::fmt::Debug for GeoDns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeoDns")
-            .field("zone", &self.zone.origin)
-            .field("geoip", &self.geoip)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for GeoDns {
-    async fn handle_request<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let reply = self.reply(request, request.src(), request.protocol());
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(edns) = reply.edns {
-            builder.edns(edns);
-        }
-        let response = builder.build(
-            reply.header,
-            reply.answers.iter(),
-            reply.authority.iter(),
-            std::iter::empty(),
-            std::iter::empty(),
-        );
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                // The client went away (a TCP connection closed under us); nothing to tell it.
-                debug!(peer = %request.src(), %error, "DNS answer not sent");
-                let mut header = reply.header;
-                header.set_response_code(ResponseCode::ServFail);
-                header.into()
-            }
-        }
-    }
 }
 
 /// Serves the geo DNS zone on `sockets` until `shutdown` is cancelled.
@@ -168,9 +103,10 @@ pub async fn serve(
     sockets: DnsSockets,
     table: watch::Receiver<Arc<DnsTable>>,
     geoip: Arc<GeoIp>,
+    metrics: DnsMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), GeoError> {
-    let handler = GeoDns::new(&config, table, geoip)?;
+    let handler = GeoDns::new(&config, table, geoip)?.with_metrics(metrics);
     let threads = config.udp_threads.unwrap_or_else(default_udp_threads);
     // Its own token, so that an ended server stops its threads without cancelling the caller's.
     let stop_udp = shutdown.child_token();
@@ -225,6 +161,7 @@ pub async fn serve_from<T>(
     config: DnsConfig,
     sockets: DnsSockets,
     geoip: Arc<GeoIp>,
+    metrics: DnsMetrics,
     mut source: watch::Receiver<T>,
     to_table: impl Fn(&T) -> Option<DnsTable>,
     shutdown: CancellationToken,
@@ -242,7 +179,7 @@ pub async fn serve_from<T>(
             }
         }
     };
-    let serving = serve(config, sockets, table, geoip, shutdown);
+    let serving = serve(config, sockets, table, geoip, metrics, shutdown);
     tokio::pin!(serving);
     tokio::select! {
         ended = &mut serving => ended,

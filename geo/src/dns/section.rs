@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tracing::info;
 
-use super::{DnsConfig, DnsSockets};
+use super::config::DnsConfig;
+use super::sockets::DnsSockets;
 use crate::geoip::GeoIp;
 use crate::GeoError;
 

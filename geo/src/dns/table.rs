@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::Network;
+use super::network::Network;
 use crate::rank::{PeerRtts, Relay};
 
 /// What the answers are made from: the relays, with the addresses DNS answers carry; the
@@ -20,6 +20,8 @@ pub struct DnsTable {
     relays: Vec<DnsRelay>,
     peers: PeerRtts,
     networks: BTreeMap<Network, BTreeMap<String, Duration>>,
+    /// The config generation the table was made from; 0 before the first.
+    generation: u64,
 }
 
 /// One relay as the ranking sees it (name, state, location, round trip to the primary, load),
@@ -80,7 +82,28 @@ impl DnsTable {
             relays,
             peers,
             networks,
+            generation: 0,
         }
+    }
+
+    /// The table, made from the relay map of config generation `generation`: the control
+    /// plane's number for each push, which grows with every change, so that the zone's SOA
+    /// serial ([`Self::serial`]) changes whenever the answers can.
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The zone's SOA serial: the config generation, modulo 2^32 as serial numbers are (RFC
+    /// 1982; they compare correctly across the wrap, as long as fewer than 2^31 generations pass
+    /// between two looks). Every relay and the control plane give the same serial for the same
+    /// relay map, and it grows across control-plane restarts, since the generation does.
+    pub fn serial(&self) -> u32 {
+        self.generation as u32
     }
 
     pub fn relays(&self) -> &[DnsRelay] {

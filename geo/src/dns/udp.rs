@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::GeoDns;
+use super::handler::GeoDns;
 
 /// Datagrams taken or sent per system call. gdnsd uses 16-32; past that, the batch rarely fills.
 const BATCH: usize = 32;

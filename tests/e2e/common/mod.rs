@@ -234,7 +234,8 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// One `listening on <proto> <addr> [service=<name>]` line (docs/configuration.md).
+/// One `listening on <proto> <addr> [service=<name>]` line (docs/configuration.md), in text or,
+/// from a process run with `SAT_LOG_FORMAT=json`, as the message of a JSON line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listening {
     pub proto: String,
@@ -244,6 +245,14 @@ pub struct Listening {
 
 pub fn parse_listening(line: &str) -> Option<Listening> {
     const KEY: &str = "listening on ";
+    let message;
+    let line = if line.starts_with('{') {
+        let json: serde_json::Value = serde_json::from_str(line).ok()?;
+        message = json.get("fields")?.get("message")?.as_str()?.to_owned();
+        &message
+    } else {
+        line
+    };
     let rest = &line[line.find(KEY)? + KEY.len()..];
     let mut words = rest.split_whitespace();
     let proto = words.next()?.to_owned();
@@ -612,6 +621,8 @@ pub struct ControlOpts {
     pub relay_cert_lifetime: Option<&'static str>,
     /// The body of a `[dns]` section (its `listen` is added: 127.0.0.1:0).
     pub dns: Option<String>,
+    /// More environment for the `sat control` process, such as `SAT_LOG_FORMAT`.
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 /// control.toml with its uplink listener on `listen` and the admin API on `admin`.
@@ -685,6 +696,8 @@ pub struct RelayOpts {
     pub dns: Option<String>,
     /// `[https] listen`; 127.0.0.1:0 when `None`.
     pub https_listen: Option<SocketAddr>,
+    /// More environment for the `sat relay` process, such as `SAT_LOG_FORMAT`.
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for RelayOpts {
@@ -705,6 +718,7 @@ impl Default for RelayOpts {
             location: None,
             dns: None,
             https_listen: None,
+            env: vec![],
         }
     }
 }
@@ -934,7 +948,9 @@ impl Net {
         std::fs::write(&config, relay_toml(&name, &control, &opts))?;
         let token = self.relay_token(&region, &name).await?;
         let mut cmd = sat_cmd(["relay", "--config"]);
-        cmd.arg(&config).env("SAT_RELAY_TOKEN", token);
+        cmd.arg(&config)
+            .env("SAT_RELAY_TOKEN", token)
+            .envs(opts.env.iter().copied());
         let proc = Proc::spawn(&name, cmd)?;
 
         proc.log.wait_for("relay ready", STARTUP).await?;
@@ -993,7 +1009,7 @@ async fn start_control(
     let config = dir.join("control.toml");
     std::fs::write(&config, control_toml(opts, listen, admin))?;
     let mut cmd = sat_cmd(["control", "--config"]);
-    cmd.arg(&config);
+    cmd.arg(&config).envs(opts.env.iter().copied());
     let control = Proc::spawn("control", cmd)?;
     let control_addr = control.log.wait_listening("quic", None, STARTUP).await?;
     let admin_addr = control.log.wait_listening("admin", None, STARTUP).await?;

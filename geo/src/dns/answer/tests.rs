@@ -1081,6 +1081,46 @@ async fn other_types_and_empty_non_terminals_are_nodata() {
     assert_eq!(deep.answers().len(), 2);
 }
 
+/// The SOA serials of the apex's SOA, of an NXDOMAIN and of a NODATA answer.
+async fn serials(f: &Fixture) -> Vec<u32> {
+    let questions = [
+        ("sat.example.com.", RecordType::SOA),
+        ("nope.sat.example.com.", RecordType::A),
+        ("app.sat.example.com.", RecordType::MX),
+    ];
+    let mut serials = Vec::new();
+    for (name, qtype) in questions {
+        let answer = f.ask(&query(name, qtype)).await;
+        let serial = answer
+            .answers()
+            .iter()
+            .chain(answer.name_servers())
+            .find_map(|r| match r.data() {
+                RData::SOA(soa) => Some(soa.serial()),
+                _ => None,
+            });
+        serials.push(serial.unwrap_or_else(|| panic!("no SOA for {name} {qtype}: {answer:?}")));
+    }
+    serials
+}
+
+/// The serial of every SOA the zone gives (at the apex, and in NXDOMAIN and NODATA answers)
+/// is the table's config generation, so it grows whenever the relay map, and with it the
+/// answers, can have changed.
+#[tokio::test]
+async fn the_soa_serial_is_the_config_generation() {
+    let f = Fixture::standard();
+    assert_eq!(serials(&f).await, [0, 0, 0], "no generation yet");
+    f.set_table(relays_only(&three_relays()).with_generation(7));
+    assert_eq!(serials(&f).await, [7, 7, 7]);
+    // A drain, say: the next push, the next generation.
+    f.set_table(relays_only(&three_relays()[..2]).with_generation(8));
+    assert_eq!(serials(&f).await, [8, 8, 8]);
+    // Serial numbers wrap at 2^32 (RFC 1982).
+    f.set_table(relays_only(&three_relays()).with_generation((1 << 32) + 5));
+    assert_eq!(serials(&f).await, [5, 5, 5]);
+}
+
 #[tokio::test]
 async fn soa_and_ns_at_the_apex() {
     let f = Fixture::standard();
@@ -1109,7 +1149,8 @@ async fn soa_and_ns_at_the_apex() {
             rdata.retry(),
             rdata.expire()
         ),
-        (1, 3600, 600, 604_800)
+        // The serial is the table's generation: none pushed yet.
+        (0, 3600, 600, 604_800)
     );
 
     let answer = f.ask(&query("sat.example.com.", RecordType::NS)).await;
@@ -1145,7 +1186,6 @@ async fn soa_fields_come_from_the_config() {
         "@" = "root"
         [soa]
         rname = "dns-admin@example.org"
-        serial = 2026010101
         refresh = "2h"
         retry = "15m"
         expire = "14days"
@@ -1154,6 +1194,7 @@ async fn soa_fields_come_from_the_config() {
     )
     .unwrap();
     let f = Fixture::new(&config, &three_relays());
+    f.set_table(relays_only(&three_relays()).with_generation(42));
     let answer = f.ask(&query("geo.example.net.", RecordType::SOA)).await;
     let RData::SOA(soa) = answer.answers()[0].data() else {
         panic!("{answer:?}")
@@ -1171,7 +1212,8 @@ async fn soa_fields_come_from_the_config() {
             soa.expire(),
             soa.minimum()
         ),
-        (2026010101, 7200, 900, 14 * 86400, 300)
+        // The serial is the table's, not the config's.
+        (42, 7200, 900, 14 * 86400, 300)
     );
     assert_eq!(answer.answers()[0].ttl(), 600);
     // The apex as a host.

@@ -30,15 +30,6 @@ pub fn geo_relay(info: &RelayInfo) -> Relay {
     }
 }
 
-/// Whether a relay's public address (as in `public_addresses`) names its port: `host:port`,
-/// `1.2.3.4:443` or `[2001:db8::1]:443`, not a bare host or IP (whose port is the listener's).
-pub fn names_port(address: &str) -> bool {
-    address.parse::<std::net::SocketAddr>().is_ok()
-        || address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.contains(':') && port.parse::<u16>().is_ok())
-}
-
 /// The DNS table for a relay map: every relay, down and draining ones too (the ranking
 /// leaves those out), with the IP literals among its addresses, and the routing table's round
 /// trips between relays and from clients' networks.
