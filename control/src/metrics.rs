@@ -246,7 +246,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("sat_control_relay_state{relay=b,region=eu,state=down} 1"),
+            text.contains("sat_control_relay_state{region=eu,relay=b,state=down} 1"),
             "{text}"
         );
         assert!(text.contains("sat_control_config_generation{} 4"), "{text}");
