@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use anyhow::{ensure, Context, Result};
+use sat_control::pki::Usage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -209,6 +210,36 @@ async fn check_config_accepts_good_files() -> Result<()> {
             file.display()
         );
     }
+    Ok(())
+}
+
+/// Every example in deploy/examples passes `sat check-config`, with the files it names under
+/// /etc/sat (the operator's HTTPS certificate) standing in a temp dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_accepts_every_shipped_example() -> Result<()> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    pki.issue(&["app.example.com"], Usage::Server, "https")?;
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let etc = format!("{}/", dir.path().display());
+        let copy = dir.path().join(path.file_name().context("file name")?);
+        std::fs::write(&copy, text.replace("/etc/sat/", &etc))?;
+        let (code, err) = check_config(&copy).await?;
+        ensure!(code == Some(0), "{}: exit {code:?}\n{err}", path.display());
+        checked += 1;
+    }
+    ensure!(
+        checked >= 2,
+        "only {checked} examples in {}",
+        examples.display()
+    );
     Ok(())
 }
 
