@@ -32,10 +32,7 @@ pub(crate) async fn serve(
     if accept(&mut send).await.is_err() {
         return;
     }
-    let (moved, ended) = match splice::tcp(tcp, &mut send, &mut recv, first).await {
-        Ok(moved) => (moved, None),
-        Err(aborted) => (aborted.moved, Some(aborted.error)),
-    };
+    let (moved, ended) = splice::outcome(splice::tcp(tcp, &mut send, &mut recv, first).await);
     metrics.tunnel_moved(moved.out_of_quic, moved.into_quic);
     match ended {
         None => debug!(

@@ -228,10 +228,7 @@ fn log_end(
     ahead: u64,
     result: Result<splice::Moved, splice::Aborted>,
 ) {
-    let (mut moved, ended) = match result {
-        Ok(moved) => (moved, None),
-        Err(aborted) => (aborted.moved, Some(aborted.error)),
-    };
+    let (mut moved, ended) = splice::outcome(result);
     moved.into_quic += ahead;
     relay
         .metrics

@@ -103,10 +103,8 @@ async fn tunnel(mut tcp: TcpStream, service: String, relay: Arc<Relay>) {
             return info!("refused: {message}");
         }
     };
-    let (mut moved, ended) = match splice::tcp(tcp, &mut send, &mut recv, leftover).await {
-        Ok(moved) => (moved, None),
-        Err(aborted) => (aborted.moved, Some(aborted.error)),
-    };
+    let (mut moved, ended) =
+        splice::outcome(splice::tcp(tcp, &mut send, &mut recv, leftover).await);
     moved.into_quic += ahead;
     relay
         .metrics

@@ -62,6 +62,15 @@ pub struct Aborted {
     pub moved: Moved,
 }
 
+/// What a splice moved, and why it ended short if it did: the one shape callers count and
+/// log, whichever way the splice ended.
+pub fn outcome(result: Result<Moved, Aborted>) -> (Moved, Option<SpliceError>) {
+    match result {
+        Ok(moved) => (moved, None),
+        Err(aborted) => (aborted.moved, Some(aborted.error)),
+    }
+}
+
 impl From<ReadError> for SpliceError {
     fn from(e: ReadError) -> Self {
         match e {
